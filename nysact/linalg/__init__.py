@@ -1,0 +1,24 @@
+"""Stable inverse solvers returning factored operators (knows nothing of modules).
+
+* :func:`nystrom_tropp`, :func:`nystrom_paper` — eigenvalue-shifted Nyström from a sketch;
+* :func:`damped_inverse` — dense ``(A + ρI)⁻¹`` by Cholesky with a counted fallback;
+* :func:`rank_one_damped_inverse` — Sherman–Morrison for ``ρI + v vᵀ``;
+* :class:`DiagPlusLowRank` — ``γI + U diag(σ) Uᵀ``: Woodbury solve and Brand's rank-one update.
+"""
+
+from nysact.linalg.dense import DenseDampedInverse, damped_inverse
+from nysact.linalg.nystrom import default_shift, nystrom_paper, nystrom_tropp
+from nysact.linalg.operators import LowRankDampedInverse, SymmetricOperator
+from nysact.linalg.sherman_morrison import RankOneDampedInverse, rank_one_damped_inverse
+
+__all__ = [
+    "DenseDampedInverse",
+    "LowRankDampedInverse",
+    "RankOneDampedInverse",
+    "SymmetricOperator",
+    "damped_inverse",
+    "default_shift",
+    "nystrom_paper",
+    "nystrom_tropp",
+    "rank_one_damped_inverse",
+]

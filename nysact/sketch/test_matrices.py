@@ -1,0 +1,316 @@
+r"""Random test matrices Ω (d × r) and sketches of activation covariances.
+
+Naming scheme: a *family* (:class:`Subcolumn`, :class:`Gaussian`) holds the rank r and draws
+a concrete *test matrix* (:class:`SubcolumnTestMatrix`, :class:`GaussianTestMatrix`) of a
+given size d from a :class:`torch.Generator`. A test matrix knows how to sketch an activation
+covariance ``A = XᵀX/n`` straight from the activations X (n × d),
+
+.. math::  Y = A\Omega = X^\top (X \Omega) / n,
+
+in O(n·d·r) time, without forming the d × d matrix ``XᵀX``.
+
+Randomness is drawn on the CPU from the generator given (or a fresh default one) and then moved
+to the target device, so a seed gives the same Ω on every device and no global RNG is touched
+(the authors' code draws from the global RNG and so changes the data order).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Gaussian",
+    "GaussianTestMatrix",
+    "SketchFamily",
+    "Subcolumn",
+    "SubcolumnTestMatrix",
+    "TestMatrix",
+    "sketch_covariance",
+]
+
+
+def _check_activations(x: object, dim: int) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"activations must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"activations must have shape (n, {dim}), got {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError("activations must have at least one row (n ≥ 1)")
+    return x
+
+
+class TestMatrix(ABC):
+    """A drawn test matrix Ω of shape (dim, rank)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """The number d of rows of Ω."""
+
+    @property
+    @abstractmethod
+    def rank(self) -> int:
+        """The number r of columns of Ω."""
+
+    @abstractmethod
+    def dense(self, dtype: torch.dtype | None = None) -> Tensor:
+        """Return Ω as a dense (d, r) tensor."""
+
+    @abstractmethod
+    def right_multiply(self, x: Tensor) -> Tensor:
+        """Return ``X Ω`` for X of shape (n, d)."""
+
+    @abstractmethod
+    def to(self, device: torch.device | str) -> TestMatrix:
+        """Return this test matrix on another device."""
+
+    def sketch_covariance(self, x: Tensor) -> Tensor:
+        r"""Return ``Y = Xᵀ (X Ω) / n``, the sketch ``AΩ`` of ``A = XᵀX/n``.
+
+        Parameters
+        ----------
+        x : Tensor
+            Activations, shape (n, d), one row per sample (bias column already appended).
+
+        Returns
+        -------
+        Tensor
+            Y, shape (d, r), in x's dtype.
+
+        Raises
+        ------
+        ValueError
+            If x is not (n, d) with n ≥ 1.
+        """
+        x = _check_activations(x, self.dim)
+        return x.mT @ self.right_multiply(x) / x.shape[0]
+
+
+@dataclass(frozen=True)
+class SubcolumnTestMatrix(TestMatrix):
+    r"""Ω = I[:, idx]: r distinct coordinate columns (NysAct-S; Alg. 1 lines 4–6).
+
+    ``XΩ = X[:, idx]`` is a gather, ``ΩᵀY = Y[idx]``, and ``AΩ = A[:, idx]``.
+
+    Attributes
+    ----------
+    indices : Tensor
+        The r distinct column indices, int64, shape (r,).
+    size : int
+        d.
+    """
+
+    indices: Tensor
+    size: int
+
+    @property
+    def dim(self) -> int:
+        """D."""
+        return self.size
+
+    @property
+    def rank(self) -> int:
+        """R."""
+        return int(self.indices.shape[0])
+
+    def dense(self, dtype: torch.dtype | None = None) -> Tensor:
+        """Return ``I[:, idx]`` as a dense (d, r) tensor."""
+        out = torch.zeros(
+            self.size,
+            self.rank,
+            dtype=dtype or torch.get_default_dtype(),
+            device=self.indices.device,
+        )
+        out[self.indices, torch.arange(self.rank, device=self.indices.device)] = 1.0
+        return out
+
+    def right_multiply(self, x: Tensor) -> Tensor:
+        """Return ``X[:, idx]``."""
+        return x.index_select(-1, self.indices.to(x.device))
+
+    def to(self, device: torch.device | str) -> SubcolumnTestMatrix:
+        """Return the same indices on ``device``."""
+        return SubcolumnTestMatrix(self.indices.to(device), self.size)
+
+
+@dataclass(frozen=True)
+class GaussianTestMatrix(TestMatrix):
+    r"""Ω with i.i.d. N(0, 1/d) entries (NysAct-G; Alg. 1 lines 2–3).
+
+    Attributes
+    ----------
+    matrix : Tensor
+        Ω, shape (d, r).
+    """
+
+    matrix: Tensor
+
+    @property
+    def dim(self) -> int:
+        """D."""
+        return int(self.matrix.shape[0])
+
+    @property
+    def rank(self) -> int:
+        """R."""
+        return int(self.matrix.shape[1])
+
+    def dense(self, dtype: torch.dtype | None = None) -> Tensor:
+        """Return Ω (cast to ``dtype`` if given)."""
+        return self.matrix if dtype is None else self.matrix.to(dtype)
+
+    def right_multiply(self, x: Tensor) -> Tensor:
+        """Return ``X Ω``."""
+        return x @ self.matrix.to(dtype=x.dtype, device=x.device)
+
+    def to(self, device: torch.device | str) -> GaussianTestMatrix:
+        """Return Ω on ``device``."""
+        return GaussianTestMatrix(self.matrix.to(device))
+
+
+class SketchFamily(ABC):
+    """A family of random test matrices of a fixed rank r."""
+
+    name: str
+
+    def __init__(self, rank: int) -> None:
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"rank must be an int, got {type(rank).__name__}")
+        if rank < 1:
+            raise ValueError(f"Invalid rank: {rank!r}. Must be >= 1.")
+        self.rank = rank
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, SketchFamily)
+            and type(other) is type(self)
+            and other.rank == self.rank
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.rank))
+
+    @abstractmethod
+    def draw(
+        self,
+        dim: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> TestMatrix:
+        """Draw a test matrix of shape (dim, rank) from ``generator`` (on the CPU)."""
+
+
+def _check_dim(dim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"Invalid dim: {dim!r}. Must be an int >= 1.")
+    return dim
+
+
+class Subcolumn(SketchFamily):
+    r"""r coordinate columns drawn uniformly without replacement (NysAct-S).
+
+    ``idx = randperm(d)[:r]`` and ``Ω = I[:, idx]`` (NysAct paper, Alg. 1 lines 4–6).
+    Requires r ≤ d; for r = d it is a permutation and the Nyström approximation is exact.
+
+    Parameters
+    ----------
+    rank : int
+        r ≥ 1.
+
+    Raises
+    ------
+    ValueError
+        If ``rank < 1``, or at :meth:`draw` if ``rank > dim``.
+    """
+
+    name = "subcolumn"
+
+    def draw(
+        self,
+        dim: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> SubcolumnTestMatrix:
+        """Draw ``idx = randperm(dim)[:rank]`` (``dtype`` is unused: Ω is a selection)."""
+        dim = _check_dim(dim)
+        if self.rank > dim:
+            raise ValueError(
+                f"Invalid rank: {self.rank} subcolumns cannot be drawn from dim={dim} columns "
+                "(need rank <= dim)"
+            )
+        idx = torch.randperm(dim, generator=generator)[: self.rank]
+        return SubcolumnTestMatrix(idx.to(device), dim)
+
+
+class Gaussian(SketchFamily):
+    r"""Ω with i.i.d. entries N(0, 1/d) (NysAct-G).
+
+    ``Ω = randn(d, r)/√d`` (NysAct paper, Alg. 1 lines 2–3, variance 1/d as in the authors'
+    code). Not orthonormalised: the Nyström approximation ``AΩ(ΩᵀAΩ)⁺ΩᵀA`` does not depend on
+    the scale or basis of range(Ω) (the paper's variant does; see
+    :func:`nysact.linalg.nystrom_paper`).
+
+    Parameters
+    ----------
+    rank : int
+        r ≥ 1 (any r; r > d gives a rank-deficient core, handled by the solver's fallback).
+
+    Raises
+    ------
+    ValueError
+        If ``rank < 1``.
+    """
+
+    name = "gaussian"
+
+    def draw(
+        self,
+        dim: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> GaussianTestMatrix:
+        """Draw ``randn(dim, rank)/√dim`` in ``dtype``."""
+        dim = _check_dim(dim)
+        omega = torch.randn(dim, self.rank, generator=generator, dtype=dtype) / math.sqrt(dim)
+        return GaussianTestMatrix(omega.to(device))
+
+
+def sketch_covariance(x: Tensor, test_matrix: TestMatrix) -> Tensor:
+    r"""Return ``Y = Xᵀ (X Ω) / n`` without forming ``XᵀX``.
+
+    Same as :meth:`TestMatrix.sketch_covariance`.
+
+    Parameters
+    ----------
+    x : Tensor
+        Activations, shape (n, d).
+    test_matrix : TestMatrix
+        Ω of shape (d, r).
+
+    Returns
+    -------
+    Tensor
+        Y, shape (d, r).
+
+    Raises
+    ------
+    ValueError
+        If x is not (n, d) with n ≥ 1.
+    """
+    return test_matrix.sketch_covariance(x)
