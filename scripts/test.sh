@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test command (README, and what .ci/run calls): set up a virtual environment, then
+# ruff, mypy --strict, and pytest over tests/ and property_tests/ with the `ci` Hypothesis
+# profile.
+#
+#   NYSACT_VENV   where the venv goes (default .venv)
+#   NYSACT_TORCH  the torch requirement pinned in the same pip call (default torch==2.13.0, the
+#                 CPU wheel of the project's machines); set NYSACT_TORCH= (empty) to keep the
+#                 torch already in the venv, e.g. your own CUDA build
+#   NYSACT_MNIST_DIR   the MNIST idx directory for the real-data tests
+#                 (default ../shared/data/mnist next to the checkout)
+#   NYSACT_HYPOTHESIS_PROFILE   ci (default) | thorough | mutation
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${NYSACT_VENV:-.venv}"
+torch_spec="${NYSACT_TORCH-torch==2.13.0}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+echo "== installing nysact[test] into $venv (${torch_spec:-torch kept as is})"
+# shellcheck disable=SC2086
+"$venv/bin/python" -m pip install -q $torch_spec -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+"$venv/bin/python" -c "import nysact, torch; print('nysact', nysact.__version__, '| torch', torch.__version__)"
+
+export NYSACT_MNIST_DIR="${NYSACT_MNIST_DIR:-$(cd .. && pwd)/shared/data/mnist}"
+export NYSACT_HYPOTHESIS_PROFILE="${NYSACT_HYPOTHESIS_PROFILE:-ci}"
+
+echo "== ruff"
+"$venv/bin/ruff" check nysact tests property_tests benchmarks scripts
+"$venv/bin/ruff" format --check nysact tests property_tests benchmarks scripts
+echo "== mypy --strict nysact"
+"$venv/bin/mypy" --strict nysact
+echo "== pytest (hypothesis profile: $NYSACT_HYPOTHESIS_PROFILE, MNIST: $NYSACT_MNIST_DIR)"
+"$venv/bin/python" -m pytest -p no:cacheprovider "$@"
