@@ -76,15 +76,24 @@ def _check_symmetric_matrix(a: object, name: str) -> Tensor:
 
 
 def _check_sketch_pair(y: object, omega: object) -> tuple[Tensor, Tensor]:
-    """A sketch ``Y = AΩ`` and its test matrix ``Ω``: both d × r, finite, same dtype/device."""
-    y = _check_tensor(y, "sketch", ndim=2)
-    omega = _check_tensor(omega, "test_matrix", ndim=2)
-    if y.shape != omega.shape:
+    """Check a sketch ``Y = AΩ`` (..., d, r) and its test matrix ``Ω`` ((..., d, r) or (d, r)).
+
+    Leading (batch) dimensions of Y stand for independent matrices sketched with the same Ω
+    when Ω is 2-D. Both must be finite and share dtype and device.
+    """
+    y = _check_tensor(y, "sketch")
+    omega = _check_tensor(omega, "test_matrix")
+    if y.ndim < 2 or omega.ndim < 2:
+        raise ValueError(
+            f"sketch and test_matrix must be at least 2-D (d, r); got sketch "
+            f"{tuple(y.shape)} and test_matrix {tuple(omega.shape)}"
+        )
+    if y.shape[-2:] != omega.shape[-2:] or (omega.ndim > 2 and omega.shape != y.shape):
         raise ValueError(
             f"sketch and test_matrix must have the same shape (d, r); got sketch "
             f"{tuple(y.shape)} and test_matrix {tuple(omega.shape)}"
         )
-    if y.shape[1] < 1 or y.shape[0] < 1:
+    if y.shape[-1] < 1 or y.shape[-2] < 1:
         raise ValueError(f"sketch must have at least one row and one column, got {tuple(y.shape)}")
     if y.dtype != omega.dtype or y.device != omega.device:
         raise ValueError(

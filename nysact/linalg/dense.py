@@ -9,7 +9,7 @@ from torch import Tensor
 
 from nysact.linalg._factor import _eigh_float64
 from nysact.linalg._validate import _check_positive, _check_symmetric_matrix
-from nysact.linalg.operators import SymmetricOperator, _check_operand
+from nysact.linalg.operators import SymmetricOperator, _check_operand, _check_rmatmat_operand
 
 __all__ = ["DenseDampedInverse", "damped_inverse"]
 
@@ -32,7 +32,7 @@ class DenseDampedInverse(SymmetricOperator):
     @property
     def dim(self) -> int:
         """The size d."""
-        return int(self.matrix.shape[0])
+        return int(self.matrix.shape[-1])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -48,9 +48,8 @@ class DenseDampedInverse(SymmetricOperator):
         return self.matrix @ x
 
     def rmatmat(self, g: Tensor) -> Tensor:
-        """Return ``G P`` for G of shape (m, d)."""
-        if g.ndim != 2 or g.shape[1] != self.dim:
-            raise ValueError(f"g must have shape (m, {self.dim}), got {tuple(g.shape)}")
+        """Return ``G P`` for G of shape (..., m, d)."""
+        _check_rmatmat_operand(g, self.dim)
         return g @ self.matrix
 
     def to_dense(self) -> Tensor:
@@ -72,7 +71,8 @@ def damped_inverse(a: Tensor, damping: float, *, check: bool = True) -> DenseDam
     Parameters
     ----------
     a : Tensor
-        Symmetric PSD matrix, shape (d, d).
+        Symmetric PSD matrix, shape (d, d); with ``check=False`` also a batch (..., d, d) (the
+        fallback then runs for the whole batch if any member's Cholesky fails).
     damping : float
         ρ > 0.
     check : bool

@@ -46,14 +46,15 @@ def default_shift(sketch: Tensor) -> Tensor:
     Parameters
     ----------
     sketch : Tensor
-        ``Y = AΩ``, shape (d, r).
+        ``Y = AΩ``, shape (..., d, r).
 
     Returns
     -------
     Tensor
-        A 0-dimensional tensor ν > 0 of the sketch's dtype and device (no host sync).
+        ν > 0 of shape (...) — 0-dimensional for a single sketch — of the sketch's dtype and
+        device (no host sync).
     """
-    d = sketch.shape[0]
+    d = sketch.shape[-2]
     eps = torch.finfo(sketch.dtype).eps
     nu = math.sqrt(d) * eps * torch.linalg.matrix_norm(sketch)
     return torch.where(nu > 0, nu, torch.ones_like(nu))
@@ -88,9 +89,10 @@ def nystrom_tropp(
     Parameters
     ----------
     sketch : Tensor
-        ``Y = AΩ``, shape (d, r), of a symmetric PSD matrix A.
+        ``Y = AΩ``, shape (d, r), of a symmetric PSD matrix A; or (..., d, r) for a batch of
+        independent matrices (e.g. the groups of a conv layer, or layers of equal shape).
     test_matrix : Tensor
-        ``Ω``, shape (d, r), same dtype and device.
+        ``Ω``, shape (d, r) (shared by a batch) or the sketch's shape; same dtype and device.
     damping : float
         ρ > 0 of the returned inverse ``(Â + ρI)⁻¹``.
     shift : float, optional
@@ -112,10 +114,11 @@ def nystrom_tropp(
     if check:
         sketch, test_matrix = _check_sketch_pair(sketch, test_matrix)
     if shift is None:
-        nu: Tensor | float = default_shift(sketch)
+        nu = default_shift(sketch)[..., None]  # (..., 1)
     else:
-        nu = _check_positive(shift, "shift")
-    y_nu = sketch + nu * test_matrix
+        nu = torch.full((1,), _check_positive(shift, "shift"), dtype=sketch.dtype)
+        nu = nu.to(sketch.device)
+    y_nu = sketch + nu[..., None] * test_matrix
     core = test_matrix.mT @ y_nu
     core = 0.5 * (core + core.mT)
     root, fallback = _inverse_sqrt_factor(core, transpose=True)
@@ -161,9 +164,9 @@ def nystrom_paper(
     Parameters
     ----------
     sketch : Tensor
-        ``C̃ = AΩ`` (already bias-corrected), shape (d, r).
+        ``C̃ = AΩ`` (already bias-corrected), shape (d, r) or (..., d, r) for a batch.
     test_matrix : Tensor
-        ``Ω``, shape (d, r).
+        ``Ω``, shape (d, r) or the sketch's shape.
     damping : float
         ρ > 0, used both in lines 11/14 and in the inverse.
     solve : {"standard", "authors"}
@@ -190,7 +193,7 @@ def nystrom_paper(
     w = test_matrix.mT @ y_rho  # line 12
     lam, q = torch.linalg.eigh(w)  # line 13 (reads the lower triangle)
     s = lam[..., :1].abs() + rho  # line 14's shift |λ_min(W)| + ρ
-    w_s = (q * (lam + s)) @ q.mT  # line 14
+    w_s = (q * (lam + s)[..., None, :]) @ q.mT  # line 14
     root, fallback = _inverse_sqrt_factor(w_s, transpose=(solve == "standard"))  # line 15
     x = y_rho @ root  # line 16
     u, sigma, _ = torch.linalg.svd(x, full_matrices=False)  # line 17

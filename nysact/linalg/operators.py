@@ -50,9 +50,8 @@ class SymmetricOperator(ABC):
         """Return ``P @ x`` for ``x`` of shape (d,) or (d, k)."""
 
     def rmatmat(self, g: Tensor) -> Tensor:
-        """Return ``g @ P`` for ``g`` of shape (m, d) (P is symmetric: (P gᵀ)ᵀ)."""
-        if g.ndim != 2 or g.shape[1] != self.dim:
-            raise ValueError(f"g must have shape (m, {self.dim}), got {tuple(g.shape)}")
+        """Return ``g @ P`` for ``g`` of shape (..., m, d) (P is symmetric: (P gᵀ)ᵀ)."""
+        _check_rmatmat_operand(g, self.dim)
         return self.matmat(g.mT).mT
 
     def to_dense(self) -> Tensor:
@@ -77,8 +76,13 @@ class SymmetricOperator(ABC):
 
 
 def _check_operand(x: Tensor, dim: int) -> None:
-    if x.ndim not in (1, 2) or x.shape[0] != dim:
-        raise ValueError(f"x must have shape ({dim},) or ({dim}, k), got {tuple(x.shape)}")
+    if x.ndim < 1 or x.shape[-2 if x.ndim > 1 else 0] != dim:
+        raise ValueError(f"x must have shape ({dim},) or (..., {dim}, k), got {tuple(x.shape)}")
+
+
+def _check_rmatmat_operand(g: Tensor, dim: int) -> None:
+    if g.ndim < 2 or g.shape[-1] != dim:
+        raise ValueError(f"g must have shape (..., m, {dim}), got {tuple(g.shape)}")
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,16 @@ class LowRankDampedInverse(SymmetricOperator):
     memory: no d × d tensor is formed (NysAct paper, Alg. 1 line 19, with 1/(λ̂+ρ) on the range
     in place of line 19's Σ̃⁻¹, which is undefined where λ̂ = 0).
 
+    Leading dimensions of ``basis`` and ``eigenvalues`` describe a batch of independent
+    operators (one per conv group, or per layer of a batched refresh); ``rmatmat`` then takes
+    G with the same leading dimensions.
+
     Attributes
     ----------
     basis : Tensor
-        ``U``, shape (d, r), orthonormal columns.
+        ``U``, shape (..., d, r), orthonormal columns.
     eigenvalues : Tensor
-        ``λ̂``, shape (r,), non-negative.
+        ``λ̂``, shape (..., r), non-negative.
     damping : float
         ρ > 0.
     fallback : bool
@@ -116,12 +124,12 @@ class LowRankDampedInverse(SymmetricOperator):
     @property
     def dim(self) -> int:
         """The size d."""
-        return int(self.basis.shape[0])
+        return int(self.basis.shape[-2])
 
     @property
     def rank(self) -> int:
         """The number r of columns of U."""
-        return int(self.basis.shape[1])
+        return int(self.basis.shape[-1])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -142,18 +150,17 @@ class LowRankDampedInverse(SymmetricOperator):
         u = self.basis
         if x.ndim == 1:
             return x / self.damping - u @ (self._range_shrink() * (u.mT @ x))
-        return x / self.damping - u @ (self._range_shrink()[:, None] * (u.mT @ x))
+        return x / self.damping - u @ (self._range_shrink()[..., :, None] * (u.mT @ x))
 
     def rmatmat(self, g: Tensor) -> Tensor:
-        """Return ``G P = G/ρ − ((G U) diag(1/ρ − 1/(λ̂+ρ))) Uᵀ`` for G of shape (m, d)."""
-        if g.ndim != 2 or g.shape[1] != self.dim:
-            raise ValueError(f"g must have shape (m, {self.dim}), got {tuple(g.shape)}")
+        """Return ``G P = G/ρ − ((G U) diag(1/ρ − 1/(λ̂+ρ))) Uᵀ`` for G of shape (..., m, d)."""
+        _check_rmatmat_operand(g, self.dim)
         u = self.basis
-        return g / self.damping - ((g @ u) * self._range_shrink()) @ u.mT
+        return g / self.damping - ((g @ u) * self._range_shrink()[..., None, :]) @ u.mT
 
     def approximation(self) -> Tensor:
         """Return the dense d × d approximation ``Â = U diag(λ̂) Uᵀ`` (tests only)."""
-        return (self.basis * self.eigenvalues) @ self.basis.mT
+        return (self.basis * self.eigenvalues[..., None, :]) @ self.basis.mT
 
     def with_damping(self, damping: float) -> LowRankDampedInverse:
         """Return the same approximation ``Â`` damped by another ρ (no refactorization)."""

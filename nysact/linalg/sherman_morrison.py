@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from nysact.linalg._validate import _check_finite, _check_positive, _check_tensor
-from nysact.linalg.operators import SymmetricOperator, _check_operand
+from nysact.linalg.operators import SymmetricOperator, _check_operand, _check_rmatmat_operand
 
 __all__ = ["RankOneDampedInverse", "rank_one_damped_inverse"]
 
@@ -60,7 +60,8 @@ class RankOneDampedInverse(SymmetricOperator):
 
     def rmatmat(self, g: Tensor) -> Tensor:
         """Return ``G P = (G − (G v)(vᵀ)/(ρ + vᵀv)) / ρ`` for G of shape (m, d)."""
-        if g.ndim != 2 or g.shape[1] != self.dim:
+        _check_rmatmat_operand(g, self.dim)
+        if g.ndim != 2:
             raise ValueError(f"g must have shape (m, {self.dim}), got {tuple(g.shape)}")
         v = self.vector
         return (g - (self._coefficient() * (g @ v))[:, None] * v[None, :]) / self.damping
