@@ -78,6 +78,9 @@ class StreamingSketch:
         :meth:`state_dict`. Default: a new generator seeded with 0, so that runs repeat.
     dtype, device
         Of the EMA buffer and Ω.
+    batch_shape : tuple of int
+        Leading dimensions of the EMA for a batch of covariances sketched with the same Ω
+        (e.g. the groups of a grouped convolution): the EMA is (*batch_shape, d, r).
 
     Raises
     ------
@@ -94,6 +97,7 @@ class StreamingSketch:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        batch_shape: tuple[int, ...] = (),
     ) -> None:
         try:
             self.policy = RefreshPolicy(policy)
@@ -109,7 +113,9 @@ class StreamingSketch:
             generator.manual_seed(0)
         self.generator = generator
         self.test_matrix: TestMatrix = self._draw()
-        self.ema = torch.zeros(dim, self.test_matrix.rank, dtype=dtype, device=self.device)
+        self.ema = torch.zeros(
+            *batch_shape, dim, self.test_matrix.rank, dtype=dtype, device=self.device
+        )
         self.weight = 0.0  # w_k = 1 − Π β: the bias-correction denominator
         self.updates = 0  # EMA updates since the last restart
 
@@ -134,7 +140,7 @@ class StreamingSketch:
         Parameters
         ----------
         sketch : Tensor
-            Y, shape (d, r).
+            Y, shape (*batch_shape, d, r).
         ema_decay : float
             β ∈ [0, 1).
 
@@ -179,6 +185,12 @@ class StreamingSketch:
             self.ema.zero_()
             self.weight = 0.0
             self.updates = 0
+
+    def to(self, device: torch.device | str) -> None:
+        """Move the EMA and Ω to ``device`` (the generator stays on the CPU)."""
+        self.device = torch.device(device)
+        self.ema = self.ema.to(self.device)
+        self.test_matrix = self.test_matrix.to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically: EMA, weight, counts, Ω, RNG state."""

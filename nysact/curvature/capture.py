@@ -1,0 +1,296 @@
+r"""Module hooks that feed the estimators, and the single place where statistics accumulate.
+
+Hooks are installed only for a statistics step and removed after it (curvlinops' install →
+loop → remove), so steps between statistics updates cost nothing. A forward hook reads the
+layer input; a full backward hook (only when a gradient-side estimator is configured) reads
+the output gradient. Nothing is captured in eval mode or under ``torch.no_grad()``.
+Activations in float16/bfloat16 (AMP) give float32 statistics.
+
+Several forward/backward passes in one step (gradient accumulation) are averaged. Pending
+statistics are folded into the EMAs by :meth:`CurvatureCapture.accumulate` — the one place a
+distributed backend all-reduces them (one flat buffer) — or dropped by
+:meth:`CurvatureCapture.clear_pending` (e.g. a step that a ``GradScaler`` skipped).
+
+Gradient-side scaling: the hooks see ``∂(mean loss)/∂z``. Per-sample output gradients are
+``B·∂L/∂z`` (B the batch size); as kfac-pytorch does, the gradient rows are multiplied by B
+(and, for a conv, by the number of output positions, the KFC convention of Grosse & Martens
+2016) when ``gradient_batch_scaling`` is on, and divided by the ``GradScaler``'s loss scale
+when one is given.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from nysact.curvature.estimators import Estimator, EstimatorState, Side
+from nysact.curvature.layers import LayerSpec
+
+__all__ = ["Curvature", "CurvatureCapture", "LayerCurvature"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Curvature:
+    """What statistics a preconditioner keeps for each layer.
+
+    Parameters
+    ----------
+    activation : Estimator
+        Statistic of the layer inputs (always present).
+    gradient : Estimator, optional
+        Statistic of the output gradients (KFAC's G factor, Eva's ḡ); None for FOOF/NysAct.
+    gradient_batch_scaling : bool
+        Multiply output gradients by the batch size (and conv output positions) before the
+        statistic; see the module docstring. Default True.
+    """
+
+    activation: Estimator
+    gradient: Estimator | None = None
+    gradient_batch_scaling: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.activation, Estimator):
+            raise ValueError(f"Invalid activation estimator: {self.activation!r}")
+        if self.gradient is not None and not isinstance(self.gradient, Estimator):
+            raise ValueError(f"Invalid gradient estimator: {self.gradient!r}")
+
+
+class LayerCurvature:
+    """The estimator states of one layer (activation side and optional gradient side)."""
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        curvature: Curvature,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> None:
+        self.spec = spec
+        self.sides: dict[Side, EstimatorState] = {
+            "activation": curvature.activation.make_state(
+                spec, "activation", dtype=dtype, device=device, generator=generator
+            )
+        }
+        if curvature.gradient is not None:
+            self.sides["gradient"] = curvature.gradient.make_state(
+                spec, "gradient", dtype=dtype, device=device, generator=generator
+            )
+        self.captured = False  # a training-mode forward was captured in this step
+        self.device = device
+
+    def to(self, device: torch.device) -> None:
+        """Move every side's state to ``device``."""
+        for s in self.sides.values():
+            s.to(device)
+        self.device = device
+
+    @property
+    def updates(self) -> int:
+        """EMA updates since the last window restart (the minimum over sides)."""
+        return min(s.updates for s in self.sides.values())
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class CurvatureCapture:
+    """Hooks for a statistics step, pending batch statistics, and their accumulation.
+
+    Parameters
+    ----------
+    layers : list of LayerCurvature
+        The layers to capture.
+    gradient_batch_scaling : bool
+        See the module docstring.
+    loss_scale : callable, optional
+        Returns the current loss scale (a tensor or float) of a ``GradScaler``; gradient-side
+        statistics are divided by it.
+    """
+
+    def __init__(
+        self,
+        layers: list[LayerCurvature],
+        *,
+        gradient_batch_scaling: bool = True,
+        loss_scale: Callable[[], Tensor | float] | None = None,
+    ) -> None:
+        self.layers = layers
+        self.gradient_batch_scaling = gradient_batch_scaling
+        self.loss_scale = loss_scale
+        self._handles: list[RemovableHandle] = []
+        # pending[layer index][side] = [sum of batch statistics, number of batches]
+        self.pending: list[dict[Side, list[Any]]] = [{} for _ in layers]
+        self.skipped_updates = 0
+
+    @property
+    def installed(self) -> bool:
+        """Whether hooks are currently installed."""
+        return bool(self._handles)
+
+    def install(self) -> None:
+        """Install the hooks for the next statistics step (idempotent)."""
+        if self._handles:
+            return
+        # The first layer's input never requires grad; its full backward hook still receives
+        # grad_output, which is all it reads — PyTorch's warning about that is expected here.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
+        for i, lc in enumerate(self.layers):
+            mod = lc.spec.module
+            self._handles.append(mod.register_forward_hook(self._forward_hook(i)))
+            if "gradient" in lc.sides:
+                self._handles.append(mod.register_full_backward_hook(self._backward_hook(i)))
+
+    def remove(self) -> None:
+        """Remove all hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _add(self, i: int, side: Side, stat: Tensor) -> None:
+        entry = self.pending[i].get(side)
+        if entry is None:
+            self.pending[i][side] = [stat, 1]
+        else:
+            entry[0] = entry[0] + stat
+            entry[1] += 1
+
+    def _forward_hook(self, i: int) -> _ForwardHook:
+        return _ForwardHook(self, i)
+
+    def _backward_hook(self, i: int) -> _BackwardHook:
+        return _BackwardHook(self, i)
+
+    def has_pending(self) -> bool:
+        """Whether any statistic was captured since the last accumulate/clear."""
+        return any(bool(p) for p in self.pending)
+
+    def clear_pending(self) -> None:
+        """Drop the pending statistics (a skipped step)."""
+        self.pending = [{} for _ in self.layers]
+        for lc in self.layers:
+            lc.captured = False
+            for s in lc.sides.values():
+                s.end_step()
+
+    def accumulate(
+        self,
+        decays: list[float],
+        *,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> bool:
+        """Fold the pending statistics into the EMAs: the one place statistics accumulate.
+
+        All pending batch statistics are averaged over the passes of this step and packed into
+        one flat buffer, which ``reduce`` (e.g. a distributed all-reduce mean) may transform in
+        a single call; a non-finite entry anywhere skips the whole update with a warning and
+        leaves every EMA as it was.
+
+        Parameters
+        ----------
+        decays : list of float
+            β per layer (from the layer's param group).
+        reduce : callable, optional
+            Applied once to the flat buffer (distributed averaging).
+
+        Returns
+        -------
+        bool
+            True if the update was applied, False if it was skipped (or nothing was pending).
+        """
+        entries: list[tuple[int, Side, Tensor]] = []
+        for i, pend in enumerate(self.pending):
+            for side, (total, count) in pend.items():
+                entries.append((i, side, total / count))
+        if not entries:
+            self.clear_pending()
+            return False
+        dtype = entries[0][2].dtype
+        flat = torch.cat([e[2].reshape(-1).to(dtype) for e in entries])
+        if reduce is not None:
+            flat = reduce(flat)
+        if not bool(torch.isfinite(flat).all()):
+            self.skipped_updates += 1
+            bad = sorted(
+                {
+                    self.layers[i].spec.name
+                    for i, _, t in entries
+                    if not bool(torch.isfinite(t).all())
+                }
+            )
+            warnings.warn(
+                f"nysact: non-finite curvature statistics (layers {bad or 'on another rank'}); "
+                "this statistics update is skipped and the EMAs are unchanged",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.clear_pending()
+            return False
+        offset = 0
+        for i, side, t in entries:
+            n = t.numel()
+            self.layers[i].sides[side].accumulate(flat[offset : offset + n].view_as(t), decays[i])
+            offset += n
+        self.clear_pending()
+        return True
+
+
+class _ForwardHook:
+    """Forward hook of layer ``i``.
+
+    An object, not a closure, so that ``copy.deepcopy`` of a model together with its optimizer
+    rebinds it to the copied capture.
+    """
+
+    def __init__(self, capture: CurvatureCapture, i: int) -> None:
+        self.capture = capture
+        self.i = i
+
+    def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if not module.training or not torch.is_grad_enabled():
+            return
+        lc = self.capture.layers[self.i]
+        x = inputs[0].detach()
+        with torch.autograd.profiler.record_function("## nysact:statistics ##"):
+            stat = lc.sides["activation"].batch_statistic(x.to(_stat_dtype(x.dtype)))
+        self.capture._add(self.i, "activation", stat)
+        lc.captured = True
+
+
+class _BackwardHook:
+    """Full backward hook of layer ``i``: reads the output gradient (see the module notes)."""
+
+    def __init__(self, capture: CurvatureCapture, i: int) -> None:
+        self.capture = capture
+        self.i = i
+
+    def __call__(self, module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+        cap = self.capture
+        lc = cap.layers[self.i]
+        if not lc.captured:
+            return  # no training-mode forward was captured for this step
+        go = grad_output[0]
+        if go is None:
+            return
+        go = go.detach().to(_stat_dtype(go.dtype))
+        scale = 1.0
+        if cap.gradient_batch_scaling:
+            scale = float(go.shape[0])
+            if lc.spec.kind == "conv2d":
+                scale *= float(math.prod(go.shape[2:]))
+        if scale != 1.0:
+            go = go * scale
+        if cap.loss_scale is not None:
+            go = go / cap.loss_scale()
+        with torch.autograd.profiler.record_function("## nysact:statistics ##"):
+            stat = lc.sides["gradient"].batch_statistic(go)
+        cap._add(self.i, "gradient", stat)

@@ -1,0 +1,356 @@
+r"""Curvature estimators: what statistic of a layer's activations (or output gradients) is kept.
+
+An *estimator* is a small validated config; :meth:`Estimator.make_state` gives the per-layer,
+per-side state that owns the EMA. Every statistic is an EMA with decay β and bias correction by
+the number of EMA updates (``Ĉ = C / (1 − Πβ)``, NysAct paper Alg. 1 lines 8–10):
+
+* :class:`FullCovariance` — ``A = E[a aᵀ]`` (FOOF; KFAC's two factors), O(p²) per layer;
+* :class:`SketchedCovariance` — the sketch ``AΩ`` only (NysAct), O(p·r), with the refresh
+  policy of :class:`nysact.sketch.StreamingSketch`; layers with p ≤ r keep the full covariance
+  (the exact dense path) unless ``dense_when_small=False``;
+* :class:`MeanVector` — ``ā = E[a]`` (Eva; MAC).
+
+The states' ``batch_statistic`` computes one batch's statistic (called from the hooks of
+:mod:`nysact.curvature.capture`); ``accumulate`` folds an (already averaged, possibly
+all-reduced) statistic into the EMA.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from nysact.curvature import rows
+from nysact.curvature.layers import LayerSpec
+from nysact.sketch import RefreshPolicy, SketchFamily, StreamingSketch, TestMatrix
+
+__all__ = [
+    "Covariance",
+    "Estimator",
+    "EstimatorState",
+    "FullCovariance",
+    "Mean",
+    "MeanVector",
+    "Side",
+    "Sketch",
+    "SketchedCovariance",
+    "Statistic",
+]
+
+Side = Literal["activation", "gradient"]
+
+
+@dataclass(frozen=True)
+class Covariance:
+    """A bias-corrected covariance, shape (g, q, q)."""
+
+    matrix: Tensor
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """A bias-corrected sketch ``AΩ`` (g, q, r) and its dense test matrix Ω (q, r)."""
+
+    sketch: Tensor
+    test_matrix: Tensor
+
+
+@dataclass(frozen=True)
+class Mean:
+    """A bias-corrected mean vector, shape (g, q)."""
+
+    vector: Tensor
+
+
+Statistic = Covariance | Sketch | Mean
+
+
+def _side_dim(spec: LayerSpec, side: Side) -> int:
+    return spec.dim if side == "activation" else spec.out_dim
+
+
+def _output_rows(spec: LayerSpec, grad_out: Tensor) -> Tensor:
+    if spec.kind == "linear":
+        return rows.linear_output_rows(grad_out)[None]
+    assert spec.geometry is not None
+    return rows.conv2d_output_rows(grad_out, spec.geometry)
+
+
+def _check_decay(decay: float) -> float:
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"Invalid ema_decay: {decay!r}. Must be in [0, 1).")
+    return decay
+
+
+class EstimatorState(ABC):
+    """Per-layer, per-side EMA of one statistic."""
+
+    def __init__(self, spec: LayerSpec, side: Side) -> None:
+        self.spec = spec
+        self.side = side
+        self.updates = 0  # EMA updates since the last restart
+
+    @abstractmethod
+    def batch_statistic(self, tensor: Tensor) -> Tensor:
+        """Return the statistic of one batch (input, or output gradient, of the layer)."""
+
+    @abstractmethod
+    def accumulate(self, statistic: Tensor, ema_decay: float) -> None:
+        """EMA step with one step's (averaged) batch statistic."""
+
+    @abstractmethod
+    def value(self) -> Statistic:
+        """Return the bias-corrected statistic (only after at least one update)."""
+
+    @abstractmethod
+    def to(self, device: torch.device) -> None:
+        """Move the state's tensors to ``device``."""
+
+    def start_window(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Hook called right after an inverse refresh (used by sketches)."""
+
+    def end_step(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Hook called when a statistics step ends (committed or dropped)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """All tensors and counters needed to resume bit-identically."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class _EMAState(EstimatorState):
+    """EMA buffer with weight ``w = 1 − Πβ`` (shared by the covariance and mean states)."""
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        side: Side,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__(spec, side)
+        self.ema = torch.zeros(shape, dtype=dtype, device=device)
+        self.weight = 0.0
+
+    def accumulate(self, statistic: Tensor, ema_decay: float) -> None:
+        """``C ← βC + (1−β)S``, ``w ← βw + (1−β)`` (in place)."""
+        beta = _check_decay(ema_decay)
+        self.ema.mul_(beta).add_(statistic.to(self.ema.dtype), alpha=1.0 - beta)
+        self.weight = beta * self.weight + (1.0 - beta)
+        self.updates += 1
+
+    def to(self, device: torch.device) -> None:
+        """Move the EMA to ``device``."""
+        self.ema = self.ema.to(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """EMA, weight and update count."""
+        return {"ema": self.ema.clone(), "weight": self.weight, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the EMA, weight and count (shape must match)."""
+        if tuple(state["ema"].shape) != tuple(self.ema.shape):
+            raise ValueError(
+                f"layer {self.spec.name!r} ({self.side}): saved statistic has shape "
+                f"{tuple(state['ema'].shape)}, expected {tuple(self.ema.shape)}"
+            )
+        self.ema.copy_(state["ema"])
+        self.weight = float(state["weight"])
+        self.updates = int(state["updates"])
+
+
+class _CovarianceState(_EMAState):
+    def batch_statistic(self, tensor: Tensor) -> Tensor:
+        spec = self.spec
+        if self.side == "activation":
+            if spec.kind == "linear":
+                return rows.linear_covariance(tensor, bias=spec.bias is not None)[None]
+            assert spec.geometry is not None
+            return rows.conv2d_covariance(tensor, spec.geometry)
+        r = _output_rows(spec, tensor)
+        return r.mT @ r / r.shape[-2]
+
+    def value(self) -> Covariance:
+        return Covariance(self.ema / self.weight)
+
+
+class _MeanState(_EMAState):
+    def batch_statistic(self, tensor: Tensor) -> Tensor:
+        spec = self.spec
+        if self.side == "activation":
+            if spec.kind == "linear":
+                return rows.linear_mean(tensor, bias=spec.bias is not None)[None]
+            assert spec.geometry is not None
+            return rows.conv2d_mean(tensor, spec.geometry)
+        return _output_rows(spec, tensor).mean(dim=-2)
+
+    def value(self) -> Mean:
+        return Mean(self.ema / self.weight)
+
+
+class _SketchState(EstimatorState):
+    def __init__(self, spec: LayerSpec, side: Side, stream: StreamingSketch) -> None:
+        super().__init__(spec, side)
+        self.stream = stream
+        self._omega: TestMatrix | None = None  # Ω of the statistics step in progress
+
+    def _step_omega(self) -> TestMatrix:
+        if self._omega is None:
+            self._omega = self.stream.begin_update()
+        return self._omega
+
+    def batch_statistic(self, tensor: Tensor) -> Tensor:
+        spec, omega = self.spec, self._step_omega()
+        if self.side == "activation":
+            if spec.kind == "linear":
+                return rows.linear_sketch(tensor, omega, bias=spec.bias is not None)[None]
+            assert spec.geometry is not None
+            return rows.conv2d_sketch(tensor, spec.geometry, omega)
+        r = _output_rows(spec, tensor)
+        return r.mT @ omega.right_multiply(r) / r.shape[-2]
+
+    def accumulate(self, statistic: Tensor, ema_decay: float) -> None:
+        self.stream.accumulate(statistic, _check_decay(ema_decay))
+        self.updates = self.stream.updates
+
+    def end_step(self) -> None:
+        self._omega = None
+
+    def value(self) -> Sketch:
+        y, omega = self.stream.estimate()
+        return Sketch(y, omega)
+
+    def to(self, device: torch.device) -> None:
+        self.stream.to(device)
+
+    def start_window(self) -> None:
+        self.stream.start_window()
+        self.updates = self.stream.updates
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
+        self.updates = self.stream.updates
+
+
+class Estimator(ABC):
+    """Config of how one side of a layer is summarised (see the module docstring)."""
+
+    @abstractmethod
+    def make_state(
+        self,
+        spec: LayerSpec,
+        side: Side,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> EstimatorState:
+        """Create the per-layer state for ``side`` of ``spec``."""
+
+
+@dataclass(frozen=True)
+class FullCovariance(Estimator):
+    r"""EMA of the full covariance ``A = XᵀX/n`` (FOOF; KFAC's A and G factors).
+
+    O(q²) memory per layer and side; the inverse costs O(q³) (Table I of the NysAct paper).
+    """
+
+    def make_state(
+        self,
+        spec: LayerSpec,
+        side: Side,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> EstimatorState:
+        """Create a (g, q, q) EMA, zero-initialised."""
+        q = _side_dim(spec, side)
+        return _CovarianceState(spec, side, (spec.groups, q, q), dtype, device)
+
+
+@dataclass(frozen=True)
+class MeanVector(Estimator):
+    r"""EMA of the mean ``ā = Xᵀ1/n`` (Eva's and MAC's rank-one statistic), O(q) memory."""
+
+    def make_state(
+        self,
+        spec: LayerSpec,
+        side: Side,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> EstimatorState:
+        """Create a (g, q) EMA, zero-initialised."""
+        return _MeanState(spec, side, (spec.groups, _side_dim(spec, side)), dtype, device)
+
+
+@dataclass(frozen=True)
+class SketchedCovariance(Estimator):
+    r"""EMA of the sketch ``AΩ`` of the covariance (NysAct), O(q·r) memory.
+
+    Parameters
+    ----------
+    family : SketchFamily
+        The test matrices (:class:`nysact.sketch.Subcolumn` for NysAct-S,
+        :class:`nysact.sketch.Gaussian` for NysAct-G) and the rank r.
+    policy : RefreshPolicy or str
+        ``"window"`` (default: Ω fixed between inverse refreshes, EMA restarted with each new
+        Ω — consistent), ``"every_update"`` (the authors' code: Ω redrawn at every statistics
+        update, EMA mixing sketches of different Ω) or ``"fixed"``.
+    dense_when_small : bool
+        Layers with q ≤ r keep the exact full covariance (default True). Turn off to force the
+        sketch path everywhere (used by the NysAct ≡ FOOF equivalence at r = q).
+    """
+
+    family: SketchFamily
+    policy: RefreshPolicy | str = RefreshPolicy.WINDOW
+    dense_when_small: bool = True
+    _policy: RefreshPolicy = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.family, SketchFamily):
+            raise ValueError(f"Invalid family: {self.family!r}. Must be a SketchFamily.")
+        try:
+            object.__setattr__(self, "_policy", RefreshPolicy(self.policy))
+        except ValueError:
+            valid = [p.value for p in RefreshPolicy]
+            raise ValueError(f"Invalid policy: {self.policy!r}. Must be one of {valid}.") from None
+
+    def make_state(
+        self,
+        spec: LayerSpec,
+        side: Side,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> EstimatorState:
+        """Create a :class:`StreamingSketch` state, or a full covariance when q ≤ r."""
+        q = _side_dim(spec, side)
+        if self.dense_when_small and q <= self.family.rank:
+            return FullCovariance().make_state(
+                spec, side, dtype=dtype, device=device, generator=generator
+            )
+        stream = StreamingSketch(
+            self.family,
+            q,
+            policy=self._policy,
+            generator=generator,
+            dtype=dtype,
+            device=device,
+            batch_shape=(spec.groups,),
+        )
+        return _SketchState(spec, side, stream)

@@ -1,0 +1,270 @@
+r"""The composer: a ``torch.optim.Optimizer`` built from parts.
+
+::
+
+    opt = compose(
+        model, lr=0.1,
+        curvature=Curvature(activation=SketchedCovariance(Gaussian(10))),
+        solver=ActivationInverse(nystrom="tropp"),
+        update=chain(add_weight_decay(), trace_momentum(nesterov=True)),
+        damping=1.0, ema_decay=0.95, cov_every=5, inv_every=50,
+        momentum=0.9, weight_decay=5e-4,
+    )
+
+The optimizer keeps ``lr``, ``damping``, ``ema_decay``, ``momentum``, ``weight_decay`` and
+``nesterov`` in its param groups (so schedulers and per-group settings work); a layer's damping
+and EMA decay are those of the group holding its weight (they apply to the whole [W | b]
+block, whatever group the bias is in). Each step: the :class:`GradientPreconditioner`
+rewrites the layers' ``.grad``; then, for every parameter, ``d = update(grad)`` and
+``θ ← θ − lr·d``. Parameters of unsupported layers get the same update without
+preconditioning.
+
+Non-finite input: on a statistics step the engine checks the captured statistics (one host
+sync, every ``cov_every`` steps); NaN/Inf there skips the whole step — statistics, EMAs,
+parameters and momentum stay as they were — with a ``RuntimeWarning``. Other steps are not
+checked (as ``torch.optim.SGD``; use a ``GradScaler`` for AMP, which skips ``step()`` on
+overflow and whose captured statistics are then dropped at the next ``zero_grad()``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from nysact.curvature.capture import Curvature
+from nysact.optim.preconditioner import GradientPreconditioner, _unwrap
+from nysact.optim.solvers import Solver
+from nysact.optim.transforms import Transform, add_weight_decay, chain, trace_momentum
+
+__all__ = ["ComposedOptimizer", "compose"]
+
+
+def _check_lr(lr: float) -> float:
+    if (
+        isinstance(lr, Tensor)
+        or not isinstance(lr, (int, float))
+        or not math.isfinite(lr)
+        or lr < 0
+    ):
+        raise ValueError(f"Invalid lr: {lr!r}. Must be a finite number >= 0.")
+    return float(lr)
+
+
+class ComposedOptimizer(Optimizer):
+    """A preconditioned optimizer assembled from curvature, solver and update parts.
+
+    Use :func:`compose` (or a ready optimizer such as :class:`nysact.optim.NysAct`) to build
+    one. Follows the ``torch.optim`` contract: ``step(closure)``, ``zero_grad``, param groups,
+    schedulers, ``state_dict``/``load_state_dict`` (which also carry all curvature state).
+
+    Attributes
+    ----------
+    preconditioner : GradientPreconditioner
+        The curvature engine (``.layer_names``, ``.fallbacks``, ``.skipped_updates``, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Iterable[Any] | None = None,
+        *,
+        curvature: Curvature,
+        solver: Solver,
+        update: Transform,
+        lr: float = 0.1,
+        damping: float = 1.0,
+        ema_decay: float = 0.95,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        cov_every: int = 5,
+        inv_every: int = 50,
+        kl_clip: float | None = None,
+        grad_scaler: Any = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Invalid momentum: {momentum!r}. Must be in [0, 1).")
+        if weight_decay < 0:
+            raise ValueError(f"Invalid weight_decay: {weight_decay!r}. Must be >= 0.")
+        defaults = {
+            "lr": _check_lr(lr),
+            "damping": damping,
+            "ema_decay": ema_decay,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+        }
+        super().__init__(model.parameters() if params is None else params, defaults)
+        model_params = {id(p) for p in _unwrap(model).parameters()}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in model_params:
+                    raise ValueError(
+                        f"Invalid params: a parameter of shape {tuple(p.shape)} is not in the model"
+                    )
+        self.update_rule = update
+        ours = [p for g in self.param_groups for p in g["params"]]
+        self.preconditioner = GradientPreconditioner(
+            model,
+            curvature=curvature,
+            solver=solver,
+            damping=damping,
+            ema_decay=ema_decay,
+            cov_every=cov_every,
+            inv_every=inv_every,
+            kl_clip=kl_clip,
+            layers=ours,
+            grad_scaler=grad_scaler,
+            seed=seed,
+        )
+        if not self.preconditioner.specs:
+            import warnings
+
+            warnings.warn(
+                "nysact: the model has no supported layer (nn.Linear / nn.Conv2d) among the "
+                "optimizer's parameters; every parameter gets the plain update",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._group_of: dict[int, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer pickles only defaults/state/param_groups; the curvature engine
+        # must travel too (deepcopy of a model together with its optimizer).
+        return self.__dict__.copy()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, validating its hyperparameters."""
+        for key, check in (("lr", _check_lr),):
+            if key in param_group:
+                check(param_group[key])
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if not (isinstance(group["damping"], (int, float)) and group["damping"] > 0):
+            raise ValueError(f"Invalid damping: {group['damping']!r}. Must be > 0.")
+        if not 0.0 <= group["ema_decay"] < 1.0:
+            raise ValueError(f"Invalid ema_decay: {group['ema_decay']!r}. Must be in [0, 1).")
+
+    def _layer_groups(self) -> list[dict[str, Any]]:
+        index = {id(p): g for g in self.param_groups for p in g["params"]}
+        return [index[id(s.weight)] for s in self.preconditioner.specs]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients and drop statistics of a step that did not happen.
+
+        If ``step()`` was skipped (e.g. by a ``GradScaler`` after an inf), the statistics
+        captured in that iteration are dropped here so they never enter the EMA.
+        """
+        self.preconditioner.clear_pending()
+        super().zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Precondition, then update every parameter (``θ ← θ − lr·update(d)``).
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (run with gradients enabled).
+
+        Returns
+        -------
+        Any
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self._layer_groups()
+        for g in groups:
+            _check_lr(g["lr"])
+            if not (isinstance(g["damping"], (int, float)) and g["damping"] > 0):
+                raise ValueError(f"Invalid damping: {g['damping']!r}. Must be > 0.")
+        applied = self.preconditioner.step(
+            dampings=[float(g["damping"]) for g in groups],
+            ema_decays=[float(g["ema_decay"]) for g in groups],
+            lr=float(self.param_groups[0]["lr"]),
+        )
+        if not applied:
+            return loss  # non-finite statistics: the whole step is skipped (see the engine)
+        with torch.autograd.profiler.record_function("## nysact:update ##"):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    state = self.state[p]
+                    if not state:
+                        state.update(self.update_rule.init(p))
+                    d = self.update_rule.update(p.grad, state, p, group)
+                    p.add_(d, alpha=-group["lr"])
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim state (update parts per parameter) plus the curvature state."""
+        sd = super().state_dict()
+        sd["nysact"] = self.preconditioner.state_dict()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a state without curvature is an error, not ignored).
+
+        Raises
+        ------
+        ValueError
+            If the curvature state is missing or belongs to a different model.
+        """
+        if "nysact" not in state_dict:
+            raise ValueError("state_dict has no 'nysact' curvature state (not saved by nysact?)")
+        state_dict = dict(state_dict)
+        curv = state_dict.pop("nysact")
+        super().load_state_dict(state_dict)
+        self.preconditioner.load_state_dict(curv)
+
+
+def compose(
+    model: nn.Module,
+    params: Iterable[Any] | None = None,
+    *,
+    curvature: Curvature,
+    solver: Solver,
+    update: Transform | None = None,
+    **hyperparameters: Any,
+) -> ComposedOptimizer:
+    """Build a :class:`ComposedOptimizer` from parts.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model whose Linear/Conv2d layers are preconditioned.
+    params : iterable, optional
+        Parameters or param groups (default: all of the model's).
+    curvature : Curvature
+        Estimators.
+    solver : Solver
+        Per-layer inverse.
+    update : Transform, optional
+        Default: coupled weight decay then momentum, ``chain(add_weight_decay(),
+        trace_momentum())``, reading both from the param groups.
+    **hyperparameters
+        ``lr``, ``damping``, ``ema_decay``, ``momentum``, ``weight_decay``, ``nesterov``,
+        ``cov_every``, ``inv_every``, ``kl_clip``, ``grad_scaler``, ``seed``.
+
+    Returns
+    -------
+    ComposedOptimizer
+        The optimizer.
+    """
+    if update is None:
+        update = chain(add_weight_decay(), trace_momentum())
+    return ComposedOptimizer(
+        model, params, curvature=curvature, solver=solver, update=update, **hyperparameters
+    )
