@@ -260,7 +260,12 @@ class _ForwardHook:
             return
         lc = self.capture.layers[self.i]
         x = inputs[0].detach()
-        with torch.autograd.profiler.record_function("## nysact:statistics ##"):
+        # The hook runs inside the user's autocast region: statistics are computed outside it,
+        # in float32 or wider (a bf16 matmul would round them).
+        with (
+            torch.autocast(x.device.type, enabled=False),
+            torch.autograd.profiler.record_function("## nysact:statistics ##"),
+        ):
             stat = lc.sides["activation"].batch_statistic(x.to(_stat_dtype(x.dtype)))
         self.capture._add(self.i, "activation", stat)
         lc.captured = True
@@ -291,6 +296,9 @@ class _BackwardHook:
             go = go * scale
         if cap.loss_scale is not None:
             go = go / cap.loss_scale()
-        with torch.autograd.profiler.record_function("## nysact:statistics ##"):
+        with (
+            torch.autocast(go.device.type, enabled=False),
+            torch.autograd.profiler.record_function("## nysact:statistics ##"),
+        ):
             stat = lc.sides["gradient"].batch_statistic(go)
         cap._add(self.i, "gradient", stat)
