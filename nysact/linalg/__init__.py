@@ -7,18 +7,34 @@
 """
 
 from nysact.linalg.dense import DenseDampedInverse, damped_inverse
+from nysact.linalg.lowrank import (
+    DiagPlusLowRank,
+    DiagPlusLowRankInverse,
+    brand_rank_one_update,
+    diag_plus_low_rank,
+    ginger_direction,
+    ginger_update,
+    random_semi_orthogonal,
+)
 from nysact.linalg.nystrom import default_shift, nystrom_paper, nystrom_tropp
 from nysact.linalg.operators import LowRankDampedInverse, SymmetricOperator
 from nysact.linalg.sherman_morrison import RankOneDampedInverse, rank_one_damped_inverse
 
 __all__ = [
     "DenseDampedInverse",
+    "DiagPlusLowRank",
+    "DiagPlusLowRankInverse",
     "LowRankDampedInverse",
     "RankOneDampedInverse",
     "SymmetricOperator",
+    "brand_rank_one_update",
     "damped_inverse",
     "default_shift",
+    "diag_plus_low_rank",
+    "ginger_direction",
+    "ginger_update",
     "nystrom_paper",
     "nystrom_tropp",
+    "random_semi_orthogonal",
     "rank_one_damped_inverse",
 ]
