@@ -23,6 +23,9 @@ echo "== installing nysact[test] into $venv (${torch_spec:-torch kept as is})"
 "$venv/bin/python" -c "import nysact, torch; print('nysact', nysact.__version__, '| torch', torch.__version__)"
 
 export NYSACT_MNIST_DIR="${NYSACT_MNIST_DIR:-$(cd .. && pwd)/shared/data/mnist}"
+# Small shapes run fastest on one intra-op thread; two threads per test process contend on the
+# 2-core CI machine (measured 10x slower under load). Set OMP_NUM_THREADS to override.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export NYSACT_HYPOTHESIS_PROFILE="${NYSACT_HYPOTHESIS_PROFILE:-ci}"
 
 echo "== ruff"

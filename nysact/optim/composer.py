@@ -28,6 +28,7 @@ overflow and whose captured statistics are then dropped at the next ``zero_grad(
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,6 +43,24 @@ from nysact.optim.solvers import Solver
 from nysact.optim.transforms import Transform, add_weight_decay, chain, trace_momentum
 
 __all__ = ["ComposedOptimizer", "compose"]
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """Validate a param group's hyperparameters (ValueError naming the bad one)."""
+    if "lr" in group:
+        _check_lr(group["lr"])
+    d = group.get("damping", 1.0)
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0:
+        raise ValueError(f"Invalid damping: {d!r}. Must be a finite number > 0.")
+    b = group.get("ema_decay", 0.0)
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+        raise ValueError(f"Invalid ema_decay: {b!r}. Must be in [0, 1).")
+    m = group.get("momentum", 0.0)
+    if not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+        raise ValueError(f"Invalid momentum: {m!r}. Must be in [0, 1).")
+    wd = group.get("weight_decay", 0.0)
+    if not isinstance(wd, (int, float)) or wd < 0:
+        raise ValueError(f"Invalid weight_decay: {wd!r}. Must be >= 0.")
 
 
 def _check_lr(lr: float) -> float:
@@ -90,10 +109,6 @@ class ComposedOptimizer(Optimizer):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Invalid momentum: {momentum!r}. Must be in [0, 1).")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay!r}. Must be >= 0.")
         defaults = {
             "lr": _check_lr(lr),
             "damping": damping,
@@ -142,16 +157,9 @@ class ComposedOptimizer(Optimizer):
         return self.__dict__.copy()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group, validating its hyperparameters."""
-        for key, check in (("lr", _check_lr),):
-            if key in param_group:
-                check(param_group[key])
+        """Add a param group; its hyperparameters are validated before it is added."""
+        _check_group({**getattr(self, "defaults", {}), **param_group})
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        if not (isinstance(group["damping"], (int, float)) and group["damping"] > 0):
-            raise ValueError(f"Invalid damping: {group['damping']!r}. Must be > 0.")
-        if not 0.0 <= group["ema_decay"] < 1.0:
-            raise ValueError(f"Invalid ema_decay: {group['ema_decay']!r}. Must be in [0, 1).")
 
     def _layer_groups(self) -> list[dict[str, Any]]:
         index = {id(p): g for g in self.param_groups for p in g["params"]}
@@ -226,8 +234,39 @@ class ComposedOptimizer(Optimizer):
             raise ValueError("state_dict has no 'nysact' curvature state (not saved by nysact?)")
         state_dict = dict(state_dict)
         curv = state_dict.pop("nysact")
-        super().load_state_dict(state_dict)
-        self.preconditioner.load_state_dict(curv)
+        self._check_parameter_state_shapes(state_dict)
+        # Atomic: on any mismatch restore what we had, so a failed load never leaves a
+        # half-loaded optimizer behind.
+        backup = copy.deepcopy((super().state_dict(), self.preconditioner.state_dict()))
+        try:
+            super().load_state_dict(state_dict)
+            self.preconditioner.load_state_dict(curv)
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            super().load_state_dict(backup[0])
+            self.preconditioner.load_state_dict(backup[1])
+            raise ValueError(
+                f"cannot load this state_dict into {type(self).__name__}: {err!r}"
+            ) from err
+
+    def _check_parameter_state_shapes(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = state_dict.get("param_groups", [])
+        ids = [i for g in saved_groups for i in g.get("params", [])]
+        params = [p for g in self.param_groups for p in g["params"]]
+        if len(ids) != len(params):
+            raise ValueError(
+                f"state_dict has {len(ids)} parameters, this optimizer has {len(params)}"
+            )
+        by_id = dict(zip(ids, params, strict=True))
+        for key, st in state_dict.get("state", {}).items():
+            p = by_id.get(key)
+            if p is None:
+                raise ValueError(f"state_dict has state for unknown parameter index {key!r}")
+            for name, value in st.items():
+                if isinstance(value, Tensor) and value.ndim > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"state_dict entry {name!r} has shape {tuple(value.shape)} but the "
+                        f"parameter has shape {tuple(p.shape)}"
+                    )
 
 
 def compose(
