@@ -21,6 +21,7 @@ when one is given.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,15 @@ class CurvatureCapture:
         # pending[layer index][side] = [sum of batch statistics, number of batches]
         self.pending: list[dict[Side, list[Any]]] = [{} for _ in layers]
         self.skipped_updates = 0
+        #: Seconds spent computing statistics (hooks and accumulation), for logging. On CUDA the
+        #: kernels run asynchronously: set ``synchronize=True`` for wall-clock phase times.
+        self.seconds = 0.0
+        self.synchronize = False
+
+    def _clock(self, device: torch.device) -> float:
+        if self.synchronize and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
     @property
     def installed(self) -> bool:
@@ -260,6 +270,7 @@ class _ForwardHook:
             return
         lc = self.capture.layers[self.i]
         x = inputs[0].detach()
+        t0 = self.capture._clock(x.device)
         # The hook runs inside the user's autocast region: statistics are computed outside it,
         # in float32 or wider (a bf16 matmul would round them).
         with (
@@ -269,6 +280,7 @@ class _ForwardHook:
             stat = lc.sides["activation"].batch_statistic(x.to(_stat_dtype(x.dtype)))
         self.capture._add(self.i, "activation", stat)
         lc.captured = True
+        self.capture.seconds += self.capture._clock(x.device) - t0
 
 
 class _BackwardHook:
@@ -287,6 +299,7 @@ class _BackwardHook:
         if go is None:
             return
         go = go.detach().to(_stat_dtype(go.dtype))
+        t0 = cap._clock(go.device)
         scale = 1.0
         if cap.gradient_batch_scaling:
             scale = float(go.shape[0])
@@ -302,3 +315,4 @@ class _BackwardHook:
         ):
             stat = lc.sides["gradient"].batch_statistic(go)
         cap._add(self.i, "gradient", stat)
+        cap.seconds += cap._clock(go.device) - t0

@@ -171,6 +171,8 @@ class GradientPreconditioner:
         self.refreshes = 0
         self.fallbacks = 0
         self.reduce: Callable[[Tensor], Tensor] | None = None  # set by a distributed backend
+        #: Seconds per phase ("statistics" also includes the hooks), for logging.
+        self.seconds = {"statistics": 0.0, "inverse": 0.0, "precondition": 0.0}
         self.capture.install()  # step 0 is a statistics step
 
     # ----------------------------------------------------------------------------------------
@@ -232,7 +234,10 @@ class GradientPreconditioner:
         ema_decays = ema_decays or [self.ema_decay] * n
         self._follow_devices()
         k = self.steps
+        device = self.specs[0].weight.device if self.specs else torch.device("cpu")
+        clock = self.capture._clock
         if k % self.cov_every == 0:
+            t0 = clock(device)
             self.capture.remove()
             if self.capture.has_pending():
                 if not self.capture.accumulate(ema_decays, reduce=self.reduce):
@@ -240,10 +245,16 @@ class GradientPreconditioner:
                     return False
             else:
                 self.capture.clear_pending()
+            self.capture.seconds += clock(device) - t0
         if k % self.inv_every == 0:
+            t0 = clock(device)
             self._refresh(dampings)
+            self.seconds["inverse"] += clock(device) - t0
+        t0 = clock(device)
         with torch.autograd.profiler.record_function("## nysact:precondition ##"):
             self._precondition(lr)
+        self.seconds["precondition"] += clock(device) - t0
+        self.seconds["statistics"] = self.capture.seconds
         self.steps += 1
         if self.steps % self.cov_every == 0:
             self.capture.install()
