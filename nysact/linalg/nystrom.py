@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nysact.linalg._factor import _inverse_sqrt_factor
+from nysact.linalg._factor import _solve_root, _thin_svd
 from nysact.linalg._validate import _check_positive, _check_sketch_pair
 from nysact.linalg.operators import LowRankDampedInverse
 
@@ -83,8 +83,10 @@ def nystrom_tropp(
     ``E‖A − Â‖_* ≤ min_{k ≤ r−2} (1 + k/(r−k−1)) ‖A − [A]_k‖_*`` (Tropp et al. 2017, Thm. 4.1).
 
     If the Cholesky of step 2 fails (e.g. κ(A) ≈ 1e12 with nearly dependent sketch columns),
-    ``B`` is eigendecomposed in float64 and its pseudo-inverse square root used instead
-    (``fallback=True`` on the result, to be counted by the caller).
+    ``B`` is eigendecomposed in float64 and its pseudo-inverse square root used instead; if
+    LAPACK's SVD of step 4 fails to converge (rare, float32), it is retried in float64 (then
+    through QR and eigh). Either sets ``fallback=True`` on the result, to be counted by the
+    caller.
 
     Parameters
     ----------
@@ -121,11 +123,10 @@ def nystrom_tropp(
     y_nu = sketch + nu[..., None] * test_matrix
     core = test_matrix.mT @ y_nu
     core = 0.5 * (core + core.mT)
-    root, fallback = _inverse_sqrt_factor(core, transpose=True)
-    x = y_nu @ root
-    u, sigma, _ = torch.linalg.svd(x, full_matrices=False)
+    x, fallback = _solve_root(core, y_nu, transpose=True)
+    u, sigma, svd_fallback = _thin_svd(x)
     lam = (sigma * sigma - nu).clamp_min(0.0)
-    return LowRankDampedInverse(u, lam, rho, fallback)
+    return LowRankDampedInverse(u, lam, rho, fallback or svd_fallback)
 
 
 Solve = Literal["standard", "authors"]
@@ -194,8 +195,7 @@ def nystrom_paper(
     lam, q = torch.linalg.eigh(w)  # line 13 (reads the lower triangle)
     s = lam[..., :1].abs() + rho  # line 14's shift |λ_min(W)| + ρ
     w_s = (q * (lam + s)[..., None, :]) @ q.mT  # line 14
-    root, fallback = _inverse_sqrt_factor(w_s, transpose=(solve == "standard"))  # line 15
-    x = y_rho @ root  # line 16
-    u, sigma, _ = torch.linalg.svd(x, full_matrices=False)  # line 17
+    x, fallback = _solve_root(w_s, y_rho, transpose=(solve == "standard"))  # lines 15–16
+    u, sigma, svd_fallback = _thin_svd(x)  # line 17
     lam_hat = (sigma * sigma - s).clamp_min(0.0)  # line 18
-    return LowRankDampedInverse(u, lam_hat, rho, fallback)  # line 19
+    return LowRankDampedInverse(u, lam_hat, rho, fallback or svd_fallback)  # line 19

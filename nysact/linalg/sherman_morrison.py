@@ -51,8 +51,12 @@ class RankOneDampedInverse(SymmetricOperator):
         return 1.0 / (self.damping + self.vector @ self.vector)
 
     def matmat(self, x: Tensor) -> Tensor:
-        """Return ``P x = (x − v (vᵀx)/(ρ + vᵀv)) / ρ``."""
+        """Return ``P x = (x − v (vᵀx)/(ρ + vᵀv)) / ρ`` for x of shape (d,) or (d, k)."""
         _check_operand(x, self.dim)
+        if x.ndim > 2:
+            raise ValueError(
+                f"x must have shape ({self.dim},) or ({self.dim}, k), got {tuple(x.shape)}"
+            )
         v = self.vector
         if x.ndim == 1:
             return (x - v * (self._coefficient() * (v @ x))) / self.damping
