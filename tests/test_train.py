@@ -181,3 +181,32 @@ def test_train_on_real_mnist_directory(tmp_path: Path) -> None:
         )
     )
     assert hist[0]["test_acc"] > 0.9
+
+
+def test_profile_trace_has_the_labelled_phases(tmp_path: Path) -> None:
+    """--profile writes a Chrome/TensorBoard trace whose events include every optimizer phase."""
+    assert (
+        main(
+            [
+                "--optimizer",
+                "kfac",
+                "--epochs",
+                "1",
+                "--out-dir",
+                str(tmp_path),
+                "--quiet",
+                "--profile",
+                "--cov-every",
+                "1",
+                "--inv-every",
+                "2",
+            ]
+        )
+        == 0
+    )
+    traces = list((tmp_path / "profile").glob("*.pt.trace.json"))
+    assert len(traces) == 1
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    names = {e.get("name", "") for e in events}
+    for phase in ("statistics", "inverse", "precondition", "update"):
+        assert f"## nysact:{phase} ##" in names, phase

@@ -68,6 +68,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 CPU / fp16 CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler trace of the first steps to OUT_DIR/profile "
+        "(TensorBoard torch-tb-profiler)",
+    )
     for k in _OPT_KEYS:
         p.add_argument(
             f"--{k.replace('_', '-')}",

@@ -88,6 +88,13 @@ class TrainConfig:
         Output directory.
     quiet : bool
         Only one line per epoch (no progress bar).
+    profile : bool
+        Run ``torch.profiler`` over the first steps, ``profile_schedule = (wait, warmup,
+        active)``, with CPU (and CUDA) activities, and write the trace with
+        ``tensorboard_trace_handler`` to ``out_dir/profile`` (open it with TensorBoard's
+        torch-tb-profiler plugin). The optimizer phases carry ``record_function`` labels
+        ``## nysact:statistics ##``, ``## nysact:inverse ##``, ``## nysact:precondition ##``
+        and ``## nysact:update ##``.
     """
 
     dataset: str = "digits"
@@ -110,6 +117,8 @@ class TrainConfig:
     amp: bool = False
     out_dir: str = "runs/run"
     quiet: bool = False
+    profile: bool = False
+    profile_schedule: list[int] = field(default_factory=lambda: [1, 1, 3])
 
     def __post_init__(self) -> None:
         if self.optimizer.lower() not in OPTIMIZERS:
@@ -299,7 +308,8 @@ def train(
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         saved = ckpt.get("config", {})
-        same = {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "quiet", "device")}
+        free = ("epochs", "quiet", "device", "profile", "profile_schedule")
+        same = {k: v for k, v in cfg.to_dict().items() if k not in free}
         diff = sorted(k for k, v in same.items() if saved.get(k) != v)
         if diff:
             raise CheckpointError(f"{ckpt_path} was written by a different run: {diff} differ")
@@ -334,6 +344,9 @@ def train(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         peak_rss = _rss_bytes()
+        prof = _profiler(cfg, out, device) if cfg.profile and epoch == start_epoch else None
+        if prof is not None:
+            prof.start()
         for step, (x, y) in enumerate(_batches(splits.train, cfg.batch_size, device, gen)):
             opt.zero_grad(set_to_none=True)
             xb, target = train_tf(x, y)
@@ -358,6 +371,10 @@ def train(
             if device.type != "cuda":
                 peak_rss = max(peak_rss, _rss_bytes())
             _progress(f"epoch {epoch + 1}/{cfg.epochs}", step + 1, steps_per_epoch, cfg.quiet)
+            if prof is not None:
+                prof.step()
+        if prof is not None:
+            prof.stop()
         wall = time.perf_counter() - t0
         test_loss, test_acc = _evaluate(model, splits.test, cfg, device, test_tf)
         after = _phase_seconds(opt)
@@ -405,6 +422,19 @@ def train(
             flush=True,
         )
     return history
+
+
+def _profiler(cfg: TrainConfig, out: Path, device: torch.device) -> torch.profiler.profile:
+    wait, warmup, active = cfg.profile_schedule
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(
+        activities=acts,
+        schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
+        on_trace_ready=torch.profiler.tensorboard_trace_handler(str(out / "profile")),
+        record_shapes=False,
+    )
 
 
 def _set_generator(tf: Compose, gen: torch.Generator) -> None:
