@@ -141,3 +141,77 @@ def assert_loewner_le(lower: np.ndarray, upper: np.ndarray, *, tol: float, ctx: 
     lam_min = float(sla.eigvalsh(0.5 * (diff + diff.T))[0]) if diff.size else 0.0
     if lam_min < -tol:
         raise AssertionError(f"λ_min(upper − lower) = {lam_min:.3e} < −tol = {-tol:.3e}. {ctx}")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers added for the solver/sketch property suites (independent oracles).
+# --------------------------------------------------------------------------------------------
+
+#: Extended precision (x87 80-bit on x86-64 Linux, eps ≈ 1.1e-19) used to build the *truth* of a
+#: float64 test: ``A* = Q diag(λ) Qᵀ`` is exactly PSD (a congruence of a non-negative diagonal),
+#: and forming it or its sketch in extended precision keeps its rounding (~1e-19·‖A‖) far below
+#: the float64 shift ν ≈ √d·2.2e-16·‖Y‖ that the Nyström guarantees are stated in.
+EXTENDED = np.longdouble
+
+
+def exact_dense(case: PSDCase) -> np.ndarray:
+    """``A* = Q diag(λ) Qᵀ`` in extended precision (exactly PSD up to ~1e-19 relative)."""
+    q = case.basis.astype(EXTENDED)
+    return (q * case.eigenvalues.astype(EXTENDED)) @ q.T
+
+
+def exact_sketch(case: PSDCase, omega: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The sketch ``Y = A* Ω`` computed in extended precision, rounded once to float64."""
+    om = omega.detach().cpu().double().numpy() if isinstance(omega, torch.Tensor) else omega
+    q = case.basis.astype(EXTENDED)
+    lam = case.eigenvalues.astype(EXTENDED)
+    y = q @ (lam[:, None] * (q.T @ np.asarray(om, dtype=np.float64).astype(EXTENDED)))
+    return np.asarray(y, dtype=np.float64)
+
+
+def extended_difference_eigvalsh(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Eigenvalues of ``upper − lower``, the difference taken in extended precision.
+
+    Used for Loewner-order checks against an exact truth: the two matrices nearly cancel, so
+    the difference is formed before rounding to float64 (its own rounding is then relative to
+    the small difference, not to ‖A‖).
+    """
+    diff = np.asarray(
+        np.asarray(upper, dtype=EXTENDED) - np.asarray(lower, dtype=EXTENDED), dtype=np.float64
+    )
+    if diff.size == 0:
+        return np.zeros(0)
+    return np.asarray(sla.eigvalsh(0.5 * (diff + diff.T)))
+
+
+def omega_condition_squared(omega: np.ndarray | torch.Tensor) -> float:
+    """``κ(Ω)² = (σ_max/σ_min)²`` over the min(d, r) singular values of Ω (1 if orthonormal)."""
+    om = omega.detach().cpu().double().numpy() if isinstance(omega, torch.Tensor) else omega
+    sv = np.linalg.svd(np.asarray(om, dtype=np.float64), compute_uv=False)
+    if sv.size == 0 or sv[-1] == 0.0:
+        return float("inf")
+    return float((sv[0] / sv[-1]) ** 2)
+
+
+def relative_dampings(min_exp: float = -3.0, max_exp: float = 1.0) -> st.SearchStrategy[float]:
+    """A damping *factor* 10^e; multiply by λ_max(A) (or 1 if A = 0) to get ρ.
+
+    Used where a test needs κ(A + ρI) ≤ 1 + 10^{−min_exp} whatever the drawn scale of A, e.g.
+    float32 comparisons whose tolerance κ·n·eps must stay below 1 to mean anything.
+    """
+    return st.floats(min_exp, max_exp).map(lambda e: float(10.0**e))
+
+
+def draw_test_matrix(
+    family: str, n: int, r: int, seed: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Ω (n × r) drawn by the library's ``Gaussian``/``Subcolumn`` family, as a dense tensor.
+
+    (The sampler is input generation, not an oracle: its own properties are tested in
+    ``test_sketch_props.py``.)
+    """
+    from nysact.sketch import Gaussian, Subcolumn
+
+    gen = torch.Generator().manual_seed(seed)
+    fam = Gaussian(r) if family == "gaussian" else Subcolumn(r)
+    return fam.draw(n, generator=gen, dtype=dtype).dense(dtype)
