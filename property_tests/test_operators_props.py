@@ -270,8 +270,13 @@ def _check_lowrank(op: LowRankDampedInverse, dtype: torch.dtype, seed: int, ctx:
     m = (u * lam) @ u.T + rho * np.eye(d)
     m = 0.5 * (m + m.T)
     kappa = (float(lam.max(initial=0.0)) + rho) / rho
-    solve_twin = sla.solve(m, np.eye(d), assume_a="pos")
     rtol = 4 * (r + 1) * eps + 4 * kappa * d * EPS64
+    if rtol >= 0.5:
+        # κ(Â+ρI) ≳ 1/(8dε64): SciPy's inverse (and any bound on it) says nothing. Reached only
+        # by the authors' solve, whose λ̂ can exceed λ_max(A) by orders of magnitude (e.g.
+        # 3.6e15 for λ = 1e7 with d = 2, r = 3 Gaussian).
+        return
+    solve_twin = sla.solve(m, np.eye(d), assume_a="pos")
     ctx2 = ctx + f" [scipy.linalg.solve(Â+ρI), κ(Â+ρI)={kappa:.2e}]"
     compare_with_dense(op, solve_twin, rtol=rtol, seed=seed + 1, ctx=ctx2, scale=1.0 / rho)
     # rmatmat against solve(Â + ρI, Gᵀ)ᵀ directly, as the optimizer applies it.
