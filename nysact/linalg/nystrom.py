@@ -162,6 +162,10 @@ def nystrom_paper(
     against 2.3 % for :func:`nystrom_tropp` and 23 % for plain ``G/ρ``. It is kept because it is
     what the paper ran.
 
+    With ``solve="authors"`` (``X = C̃_ρ L⁻¹``, not a Nyström factor) the estimates can also
+    *overestimate* without bound: for ``A = 10⁷·e eᵀ`` (d = 2, r = 3, Gaussian Ω) it returns
+    λ̂ ≈ 3.6e15, and for ``A = 0`` λ̂ ≈ 1.1ρ. Use it only to reproduce the authors' numbers.
+
     Parameters
     ----------
     sketch : Tensor

@@ -9,9 +9,11 @@ covariance ``A = XᵀX/n`` straight from the activations X (n × d),
 
 in O(n·d·r) time, without forming the d × d matrix ``XᵀX``.
 
-Randomness is drawn on the CPU from the generator given (or a fresh default one) and then moved
-to the target device, so a seed gives the same Ω on every device and no global RNG is touched
-(the authors' code draws from the global RNG and so changes the data order).
+Randomness is drawn on the CPU from the generator given and then moved to the target device,
+so a seed gives the same Ω on every device. With ``generator=None`` the draw comes from torch's
+global RNG (and advances it, as the authors' code does, changing the data order); the
+optimizers never do that: :class:`nysact.sketch.StreamingSketch` always passes its own seeded
+generator, whose state is saved in its ``state_dict``.
 """
 
 from __future__ import annotations
