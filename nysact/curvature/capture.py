@@ -307,11 +307,22 @@ class CurvatureCapture:
             )
             self.clear_pending()
             return False
+        # One accumulate_many per estimator class and β: the EMA states batch their updates
+        # (foreach kernels, the same numbers as one state at a time).
+        batches: dict[tuple[type[EstimatorState], float], list[tuple[EstimatorState, Tensor]]]
+        batches = {}
         offset = 0
         for i, side, t in entries:
             n = t.numel()
-            self.layers[i].sides[side].accumulate(flat[offset : offset + n].view_as(t), decays[i])
+            state = self.layers[i].sides[side]
+            value = flat[offset : offset + n].view_as(t)
             offset += n
+            if state.batched_accumulate:
+                batches.setdefault((type(state), decays[i]), []).append((state, value))
+            else:
+                state.accumulate(value, decays[i])
+        for (cls, decay), items in batches.items():
+            cls.accumulate_many([st for st, _ in items], [t for _, t in items], decay)
         self.clear_pending()
         return True
 
@@ -330,21 +341,27 @@ class _ForwardHook:
     def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if not module.training or not torch.is_grad_enabled():
             return
-        lc = self.capture.layers[self.i]
+        cap = self.capture
+        lc = cap.layers[self.i]
         x = inputs[0].detach()
-        t0 = self.capture._clock(x.device)
-        # The hook runs inside the user's autocast region: statistics are computed outside it,
-        # in float32 or wider (a bf16 matmul would round them).
-        with (
-            torch.autocast(x.device.type, enabled=False),
-            torch.autograd.profiler.record_function("## nysact:statistics ##"),
-        ):
-            stat = lc.sides["activation"].forward_statistic(
-                x.to(_stat_dtype(x.dtype)), output.detach()
-            )
-        self.capture._add(self.i, "activation", stat)
+        t0 = cap._clock(x.device)
+        state = lc.sides["activation"]
+        x = x.to(_stat_dtype(x.dtype))
+        if torch.is_autocast_enabled(x.device.type) or torch.autograd.profiler._is_profiler_enabled:
+            # Inside the user's autocast region statistics are computed outside it, in float32
+            # or wider (a bf16 matmul would round them); under the profiler they are labelled.
+            # Neither context is entered otherwise: the hook runs for every layer and every
+            # forward of a statistics step (AdaAct: every step), and the two cost ~7 µs a call.
+            with (
+                torch.autocast(x.device.type, enabled=False),
+                torch.autograd.profiler.record_function("## nysact:statistics ##"),
+            ):
+                stat = state.forward_statistic(x, output.detach())
+        else:
+            stat = state.forward_statistic(x, output.detach())
+        cap._add(self.i, "activation", stat)
         lc.captured = True
-        self.capture.seconds += self.capture._clock(x.device) - t0
+        cap.seconds += cap._clock(x.device) - t0
 
 
 class _BackwardHook:

@@ -274,11 +274,15 @@ class ComposedOptimizer(Optimizer):
         """``.grad ← pre_update(.grad)`` for the preconditioned layers' parameters."""
         assert self.pre_update is not None
         for group in self.param_groups:
+            buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None or id(p) not in layer_params:
-                    continue
-                state = self._param_state(p, True)
-                p.grad.copy_(self.pre_update.update(p.grad, state, p, group))
+                if p.grad is not None and id(p) in layer_params:
+                    buckets.setdefault((p.device, p.dtype), []).append(p)
+            for params in buckets.values():
+                states = [self._param_state(p, True) for p in params]
+                grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
+                ds = self.pre_update.update_many(grads, states, params, group)
+                torch._foreach_copy_(grads, ds)
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim state (update parts per parameter) plus the curvature state."""

@@ -240,7 +240,9 @@ class GradientPreconditioner:
             # a layer without statistics in this window (e.g. all skipped) keeps its operator
             due = [i for i, lc in enumerate(self.layers) if lc.updates > 0]
             if self.distributed is None:
-                ops = {i: factor(i) for i in due}
+                stats = [{k: s.value() for k, s in self.layers[i].sides.items()} for i in due]
+                made = self.solver.factor_many(stats, [dampings[i] for i in due])
+                ops = dict(zip(due, made, strict=True))
             else:
                 ops = self.distributed.refresh(due, factor, load)
             for i in due:  # the sketches' new windows draw Ω in layer order on every rank
@@ -328,14 +330,24 @@ class GradientPreconditioner:
                 self.operators[i] = self.solver.load(_to_device(op.state_dict(), device))
 
     def _precondition(self, lr: float | None) -> None:
-        pairs: list[tuple[LayerSpec, Tensor, Tensor]] = []
+        # Layers are applied in batches of one operator class (LayerOperator.apply_many: one
+        # foreach call for elementwise operators such as AdaAct's column scaling).
+        batches: dict[type[LayerOperator], list[tuple[LayerSpec, LayerOperator, Tensor]]] = {}
         for spec, op in zip(self.specs, self.operators, strict=True):
             if op is None:
                 continue
             g = read_gradient_matrix(spec)
             if g is None:
                 continue
-            pairs.append((spec, g, op.apply(g.to(_op_dtype(g))).to(g.dtype)))
+            batches.setdefault(type(op), []).append((spec, op, g))
+        pairs: list[tuple[LayerSpec, Tensor, Tensor]] = []
+        for cls, items in batches.items():
+            news = cls.apply_many(
+                [op for _, op, _ in items], [g.to(_op_dtype(g)) for *_, g in items]
+            )
+            pairs.extend(
+                (spec, g, new.to(g.dtype)) for (spec, _, g), new in zip(items, news, strict=True)
+            )
         if self.kl_clip is not None and pairs:
             if lr is None:
                 raise ValueError("kl_clip needs the learning rate: pass lr to step()")

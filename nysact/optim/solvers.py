@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +53,15 @@ class LayerOperator(ABC):
     @abstractmethod
     def apply(self, grad: Tensor) -> Tensor:
         """Return the preconditioned gradient matrix (same shape (g, m, p))."""
+
+    @classmethod
+    def apply_many(cls, ops: Sequence[LayerOperator], grads: list[Tensor]) -> list[Tensor]:
+        """:meth:`apply` of several operators of this class, one gradient matrix each.
+
+        The default loops; operators whose apply is elementwise override it with
+        ``torch._foreach_*`` kernels (the same numbers, one call for all layers).
+        """
+        return [op.apply(g) for op, g in zip(ops, grads, strict=True)]
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -112,6 +122,12 @@ class Solver(ABC):
     @abstractmethod
     def factor(self, stats: dict[Side, Statistic], damping: float) -> LayerOperator:
         """Build the operator from bias-corrected statistics and damping ρ > 0."""
+
+    def factor_many(
+        self, stats: Sequence[dict[Side, Statistic]], dampings: Sequence[float]
+    ) -> list[LayerOperator]:
+        """:meth:`factor` for several layers (default: a loop; elementwise solvers batch it)."""
+        return [self.factor(s, d) for s, d in zip(stats, dampings, strict=True)]
 
     @abstractmethod
     def load(self, state: dict[str, Any]) -> LayerOperator:

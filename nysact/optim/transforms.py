@@ -196,14 +196,32 @@ class _TraceFirstMoment(Transform):
     def update(
         self, direction: Tensor, state: dict[str, Tensor], param: Tensor, group: dict[str, Any]
     ) -> Tensor:
-        if self.beta is not None:
-            beta = self.beta
-        else:
-            value = group[self.key]
-            beta = float(value[0] if self.key == "betas" else value)
+        beta = self._beta(group)
         state["m"].mul_(beta).add_(direction, alpha=1.0 - beta)
         state["weight"].mul_(beta).add_(1.0 - beta)
         return state["m"] / state["weight"]
+
+    def update_many(
+        self,
+        directions: list[Tensor],
+        states: list[dict[str, Tensor]],
+        params: list[Tensor],
+        group: dict[str, Any],
+    ) -> list[Tensor]:
+        beta = self._beta(group)
+        ms = [s["m"] for s in states]
+        weights = [s["weight"] for s in states]
+        torch._foreach_mul_(ms, beta)
+        torch._foreach_add_(ms, directions, alpha=1.0 - beta)
+        torch._foreach_mul_(weights, beta)
+        torch._foreach_add_(weights, 1.0 - beta)
+        return list(torch._foreach_div(ms, weights))
+
+    def _beta(self, group: dict[str, Any]) -> float:
+        if self.beta is not None:
+            return self.beta
+        value = group[self.key]
+        return float(value[0] if self.key == "betas" else value)
 
 
 def trace_first_moment(beta: float | None = None, *, key: str = "betas") -> Transform:
