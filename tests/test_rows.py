@@ -535,3 +535,40 @@ GEOM = ConvGeometry(in_channels=4, out_channels=6, kernel_size=(3, 3), groups=2)
 def test_bad_inputs_raise(call: Any, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         call()
+
+
+# ------------------------------------------------------------------------------------------
+# Tap counts (the no-convolution path of conv2d_mean / conv2d_square_mean)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize(
+    ("size", "k", "stride", "dilation", "lo", "hi"),
+    [
+        (7, 3, 1, 1, 1, 1),
+        (8, 3, 2, 1, 1, 0),
+        (9, 2, 3, 2, 0, 2),
+        (6, 5, 1, 1, 2, 2),
+        (5, 1, 2, 1, 0, 0),
+    ],
+)
+def test_axis_tap_counts_match_padded_index_ramp(
+    mode: str, size: int, k: int, stride: int, dilation: int, lo: int, hi: int
+) -> None:
+    """Oracle: pad an index ramp with F.pad in the same mode; count what each tap reads."""
+    from nysact.curvature.rows import _axis_tap_counts
+
+    ramp = torch.arange(size, dtype=torch.float64).view(1, 1, size) + 1.0  # 0 = a padded zero
+    f_mode = {"zeros": "constant"}.get(mode, mode)
+    padded = torch.nn.functional.pad(ramp, (lo, hi), mode=f_mode)[0, 0].long() - 1
+    out = (size + lo + hi - dilation * (k - 1) - 1) // stride + 1
+    expected = np.zeros((k, size), dtype=np.int64)
+    for t in range(k):
+        for i in range(out):
+            src = int(padded[i * stride + t * dilation])
+            if src >= 0:
+                expected[t, src] += 1
+    np.testing.assert_array_equal(
+        np.array(_axis_tap_counts(size, k, stride, dilation, lo, hi, mode)), expected
+    )
