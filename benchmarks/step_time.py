@@ -42,6 +42,35 @@ __all__ = ["main", "run"]
 
 DEFAULT_METHODS = ["sgd", "adam", "nysact-s", "nysact-g", "foof", "kfac", "eva"]
 FAMILY = ["mac", "adaact", "shampoo", "adahessian", "ginger", "qng", "sketchysgd"]
+#: Reference rows that are not optimizers: the bare autograd work a method cannot avoid.
+REFERENCES = ["hvp-floor"]
+
+
+def _hvp_floor_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
+) -> Callable[[int], None]:
+    """``hvp-floor``: what every AdaHessian step does, with nothing else (the authors' included).
+
+    ``loss.backward(create_graph=True)``, one Rademacher Hessian-vector product over all
+    parameters by double backward (``torch.autograd.grad`` with ``grad_outputs=z``), then a
+    plain SGD update. AdaHessian's own cost is this plus its O(n) moment arithmetic.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    sgd = torch.optim.SGD(params, lr=1e-3)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+
+    def step(i: int) -> None:
+        sgd.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward(create_graph=True)
+        grads = [p.grad for p in params]
+        zs = [
+            torch.randint(0, 2, p.shape, generator=gen, device=p.device).to(p.dtype) * 2 - 1
+            for p in params
+        ]
+        torch.autograd.grad(grads, params, grad_outputs=zs)  # type: ignore[arg-type]
+        sgd.step()
+
+    return step
 
 
 def _overrides(name: str, rank: int, cov_every: int, inv_every: int) -> dict[str, Any]:
@@ -88,7 +117,8 @@ def run(
     ``name:key=value,...``); unregistered names are skipped with a message.
     """
     base, x, y = synthetic_setup(model_name, batch, device, seed)
-    specs = parse_methods(methods, OPTIMIZERS)
+    references = [m for m in methods if m in REFERENCES]
+    specs = parse_methods([m for m in methods if m not in REFERENCES], OPTIMIZERS)
     if "sgd" not in [m.label for m in specs]:
         specs = parse_methods(["sgd"], OPTIMIZERS) + specs
     steps_fns: dict[str, Callable[[int], None]] = {}
@@ -99,7 +129,9 @@ def run(
         opt = build_optimizer(spec.name, model, **kw)
         opts[spec.label] = opt
         steps_fns[spec.label] = _make_step(model, opt, x, y)
-    available = list(opts)
+    for ref in references:  # only "hvp-floor" so far
+        steps_fns[ref] = _hvp_floor_step(copy.deepcopy(base), x, y, seed)
+    available = list(steps_fns)
     print(
         f"step time: {model_name}, batch {batch}, {steps} steps (+{warmup} warm-up), "
         f"{len(available)} methods, device {device}",
@@ -112,7 +144,7 @@ def run(
     rows: list[dict[str, Any]] = []
     for m in available:
         t = times[m]
-        ph_end = _phases(opts[m])
+        ph_end = _phases(opts[m]) if m in opts else None
         phases = None
         if ph_end is not None:
             # Phase seconds accumulate from the first (warm-up) step; scale to recorded steps.
@@ -174,7 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=None, help="default: resnet32 resnet110")
     p.add_argument("--batch", type=int, default=None, help="default 128 (256 for ImageNet)")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS + FAMILY)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS + FAMILY,
+        help="optimizer specs (name or name:key=value,...) and reference rows "
+        f"({', '.join(REFERENCES)}: the bare double backward of a Hessian-vector product)",
+    )
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--cov-every", type=int, default=5)
     p.add_argument("--inv-every", type=int, default=50)

@@ -247,3 +247,25 @@ def test_run_runs_the_selected_benchmark(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refresh: ok" in proc.stdout
     assert (tmp_path / "refresh-cpu.json").is_file()
+
+
+def test_step_time_reference_row_runs_beside_optimizers() -> None:
+    from benchmarks import step_time
+
+    payload = step_time.run(
+        "resnet32",
+        2,
+        ["adahessian", "hvp-floor", "no-such-method"],
+        2,
+        torch.device("cpu"),
+        cov_every=1,
+        inv_every=2,
+        warmup=1,
+    )
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert set(rows) == {"sgd", "adahessian", "hvp-floor"}
+    assert rows["sgd"]["ratio_to_sgd"] == 1.0
+    assert all(_positive(r["mean_ms"]) and _positive(r["ratio_to_sgd"]) for r in rows.values())
+    # A double backward costs more than SGD's single one: the reference row does the work.
+    assert rows["hvp-floor"]["ratio_to_sgd"] > 1.0
+    assert rows["hvp-floor"]["phase_ms_per_step"] is None
