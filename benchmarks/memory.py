@@ -68,6 +68,8 @@ __all__ = ["check_targets", "main", "measure", "state_bound_floats"]
 
 DEFAULT_MODELS = ["resnet32", "resnet110", "densenet121", "resnet50", "deit_small"]
 DEFAULT_METHODS = ["sgd", "adam", "nysact-s", "nysact-g", "foof", "kfac", "eva"]
+#: The rest of the family, measured by default beside the methods above.
+FAMILY = ["mac", "adaact", "shampoo", "ginger", "qng", "adahessian", "sketchysgd"]
 #: Models whose whole optimizer state must stay within 1.1× SGD's (target 3).
 WHOLE_STATE_MODELS = ("resnet50", "deit_small")
 WHOLE_STATE_LIMIT = 1.1
@@ -162,7 +164,7 @@ def measure(
         baseline = rss_bytes()
         _reset_peak_rss()
     opt = build_optimizer(method.name, model, **method.overrides)
-    create_graph = bool(getattr(opt, "needs_create_graph", False))
+    create_graph = bool(getattr(opt, "create_graph", False))
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--methods",
         nargs="+",
-        default=DEFAULT_METHODS,
+        default=DEFAULT_METHODS + FAMILY,
         help="optimizer names, or name:key=value,... (unregistered names are skipped)",
     )
     p.add_argument("--batch-cifar", type=int, default=None, help="default 128 (quick 8)")

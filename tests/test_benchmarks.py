@@ -229,6 +229,31 @@ def test_convergence_main_quick(tmp_path: Path) -> None:
     assert [len(h) for h in data["runs"]["nysact-s"]] == [1]
 
 
+@needs_mnist
+def test_convergence_family_quick_writes_its_own_file(tmp_path: Path) -> None:
+    assert convergence.FAMILY_METHODS[0] == "sgd"
+    assert {m.name for m in parse_methods(convergence.FAMILY_METHODS, OPTIMIZERS)} == {
+        "sgd",
+        "mac",
+        "adaact",
+        "shampoo",
+        "ginger",
+        "qng",
+        "adahessian",
+        "sketchysgd",
+    }
+    convergence.main(
+        [
+            *("--quick", "--family", "--methods", "sgd", "adahessian:lr=0.08"),
+            *("--n-train", "256", "--n-test", "128", "--out", str(tmp_path)),
+        ]
+    )
+    data = _load(tmp_path, "convergence-family")
+    assert not (tmp_path / "convergence-cpu.json").exists()
+    assert set(data["summary"]) == {"sgd", "adahessian:lr=0.08"}
+    assert 0 < data["summary"]["adahessian:lr=0.08"]["test_acc"] <= 1
+
+
 # --------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------
