@@ -342,15 +342,7 @@ def _padded_conv_input(
 
     Returns the padded input and the output size (oH, oW).
     """
-    dtype = _compute_dtype("x", x)
-    if x.ndim != 4:
-        raise ValueError(f"x must have shape (B, C_in, H, W), got {x.ndim} dims {tuple(x.shape)}")
-    if x.shape[1] != geom.in_channels:
-        raise ValueError(f"x has {x.shape[1]} channels but geom.in_channels is {geom.in_channels}")
-    if x.shape[0] < 1:
-        raise ValueError(f"x must have a batch of at least one sample, got {tuple(x.shape)}")
-    oh, ow = geom.output_size(int(x.shape[2]), int(x.shape[3]))
-    x = x.to(dtype)
+    x, oh, ow = _checked_conv_input(x, geom)
     if pad and any(geom.padding):
         mode = _F_PAD_MODE[geom.padding_mode]
         x = nnf.pad(x, list(geom.padding), mode=mode)
