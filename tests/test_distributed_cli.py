@@ -21,10 +21,22 @@ _ARGS = [
 ]  # fmt: skip
 
 
-def _torchrun(program: list[str], out: Path, *extra: str) -> None:
+# A rank that finished its work (last epoch printed, process group destroyed) was once seen
+# to abort in C++ teardown at interpreter exit on the CI machine ("terminate called without an
+# active exception", SIGABRT; 1 run in ~10; 0 in 64 repeats on the dev machine). That is
+# torch/gloo's exit path, not the training: such a run, and only such a run (no rank raised a
+# Python exception), is launched once more. Repeating a finished run changes nothing: a fresh
+# run retrains to the same numbers, a resume re-reads its own final checkpoint (written
+# atomically before the exit) and trains no further. faulthandler prints the Python stacks if
+# it happens, for a report upstream.
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _launch(program: list[str], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NYSACT_DIST_TIMEOUT": "60"}
+    env["PYTHONFAULTHANDLER"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
+    return subprocess.run(
         [*cmd, *program, *_ARGS, "--out-dir", str(out), *extra],
         env=env,
         capture_output=True,
@@ -32,6 +44,14 @@ def _torchrun(program: list[str], out: Path, *extra: str) -> None:
         timeout=150,
         check=False,
     )
+
+
+def _torchrun(program: list[str], out: Path, *extra: str) -> None:
+    done = _launch(program, out, *extra)
+    raised = "]: Traceback" in done.stderr  # a rank's Python exception: a real failure
+    if done.returncode != 0 and _TEARDOWN_ABORT in done.stderr and not raised:
+        print(done.stderr[-3000:], file=sys.stderr)  # kept in the test log
+        done = _launch(program, out, *extra)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # only rank 0 prints its epoch lines
     assert done.stdout.count("epoch 1/") <= 1, done.stdout

@@ -35,6 +35,7 @@ Decisions (the issue is silent on them):
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from dataclasses import dataclass
@@ -339,9 +340,17 @@ def init_distributed(device: str = "auto") -> DistributedEnv:
 
 
 def shutdown_distributed() -> None:
-    """Wait for every rank, then destroy the process group if :func:`init_distributed` made it."""
+    """Wait for every rank, then destroy the process group if :func:`init_distributed` made it.
+
+    A garbage collection runs first: objects in reference cycles (a DDP wrapper and its
+    reducer, the optimizer's hooks) that still hold the process group or pending gloo work are
+    then freed while the interpreter is fully alive, not during its finalization, where
+    destroying them can abort the process (pytorch/pytorch#179291 describes that crash).
+    """
     global _created_here
     if _created_here and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
     _created_here = False
