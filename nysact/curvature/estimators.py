@@ -207,7 +207,22 @@ class EstimatorState(ABC):
     def accumulate_many(
         cls, states: list[EstimatorState], statistics: list[Tensor], ema_decay: float
     ) -> None:
-        """:meth:`accumulate` for several states of this class with one β (default: a loop)."""
+        """:meth:`accumulate` for several states of this class with one β (default: a loop).
+
+        Parameters
+        ----------
+        states : list of EstimatorState
+            States of this class (the caller groups them by class and decay).
+        statistics : list of Tensor
+            Each state's batch statistic for this step, in the order of ``states``.
+        ema_decay : float
+            The EMA decay β ∈ [0, 1).
+
+        Raises
+        ------
+        ValueError
+            If β is outside [0, 1) or the lengths differ.
+        """
         for state, stat in zip(states, statistics, strict=True):
             state.accumulate(stat, ema_decay)
 
@@ -262,7 +277,26 @@ class _EMAState(EstimatorState):
     def accumulate_many(
         cls, states: list[EstimatorState], statistics: list[Tensor], ema_decay: float
     ) -> None:
-        """The same EMA steps with two foreach kernels per (device, dtype)."""
+        """The same EMA steps as :meth:`accumulate`, with two foreach kernels per (device, dtype).
+
+        ``C ← βC + (1−β)S`` and ``w ← βw + (1−β)`` for every state; the buffers are bucketed
+        by device and dtype so each bucket is one ``_foreach_mul_`` and one ``_foreach_add_``
+        (the same numbers as the loop: each element sees the same two roundings).
+
+        Parameters
+        ----------
+        states : list of EstimatorState
+            :class:`_EMAState` instances.
+        statistics : list of Tensor
+            Each state's batch statistic S (cast to the EMA's dtype).
+        ema_decay : float
+            β ∈ [0, 1).
+
+        Raises
+        ------
+        ValueError
+            If β is outside [0, 1) or the lengths differ.
+        """
         beta = _check_decay(ema_decay)
         buckets: dict[tuple[torch.device, torch.dtype], list[tuple[_EMAState, Tensor]]] = {}
         for state, stat in zip(states, statistics, strict=True):

@@ -210,7 +210,25 @@ class ActivationRMSInverse(Solver):
     def factor_many(
         self, stats: Sequence[dict[Side, Statistic]], dampings: Sequence[float]
     ) -> list[LayerOperator]:
-        """:meth:`factor` of every layer with four foreach kernels (the same numbers)."""
+        """:meth:`factor` of every layer with four foreach kernels (the same numbers).
+
+        Computes ``D_j = 1/(√max(ŝ_j, 0) + ε)`` for all layers at once (AdaAct, the authors'
+        ``adaact.py`` step 1), with ε each layer's damping. Falls back to the loop when a
+        statistic is not a :class:`~nysact.curvature.SecondMoment` (which then raises) or the
+        vectors do not share one device and dtype.
+
+        Parameters
+        ----------
+        stats : sequence of dict
+            Each layer's statistics; ``"activation"`` holds the second moment ŝ.
+        dampings : sequence of float
+            Each layer's ε.
+
+        Returns
+        -------
+        list of LayerOperator
+            One column scaling ``Ĝ ↦ Ĝ diag(D)`` per layer.
+        """
         vectors = []
         for st in stats:
             stat = st["activation"]

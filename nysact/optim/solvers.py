@@ -60,6 +60,23 @@ class LayerOperator(ABC):
 
         The default loops; operators whose apply is elementwise override it with
         ``torch._foreach_*`` kernels (the same numbers, one call for all layers).
+
+        Parameters
+        ----------
+        ops : sequence of LayerOperator
+            Operators of this class, one per layer.
+        grads : list of Tensor
+            The layers' gradient matrices ``Ĝ`` of shape (g, m, p), in the order of ``ops``.
+
+        Returns
+        -------
+        list of Tensor
+            ``[op.apply(Ĝ) for op, Ĝ in zip(ops, grads)]``, bit-identical to the loop.
+
+        Raises
+        ------
+        ValueError
+            If ``ops`` and ``grads`` differ in length.
         """
         return [op.apply(g) for op, g in zip(ops, grads, strict=True)]
 
@@ -126,7 +143,26 @@ class Solver(ABC):
     def factor_many(
         self, stats: Sequence[dict[Side, Statistic]], dampings: Sequence[float]
     ) -> list[LayerOperator]:
-        """:meth:`factor` for several layers (default: a loop; elementwise solvers batch it)."""
+        """:meth:`factor` for several layers (default: a loop; elementwise solvers batch it).
+
+        Parameters
+        ----------
+        stats : sequence of dict
+            Each layer's bias-corrected statistics, keyed by side.
+        dampings : sequence of float
+            Each layer's damping ρ > 0, in the order of ``stats``.
+
+        Returns
+        -------
+        list of LayerOperator
+            ``[factor(s, ρ) for s, ρ in zip(stats, dampings)]``: a batched override must give
+            the same numbers as this loop.
+
+        Raises
+        ------
+        ValueError
+            If the lengths differ, or a statistic is not of the kind the solver needs.
+        """
         return [self.factor(s, d) for s, d in zip(stats, dampings, strict=True)]
 
     @abstractmethod
