@@ -21,9 +21,9 @@ _ARGS = [
 ]  # fmt: skip
 
 
-# A rank that finished its work (last epoch printed, process group destroyed) was once seen
-# to abort in C++ teardown at interpreter exit on the CI machine ("terminate called without an
-# active exception", SIGABRT; 1 run in ~10; 0 in 64 repeats on the dev machine). That is
+# A rank that finished its work (last epoch printed) was once seen to abort in C++ teardown at
+# interpreter exit on the CI machine ("terminate called without an active exception", SIGABRT;
+# once in CI so far, 0 times in 74 launches on the dev machine). That is
 # torch/gloo's exit path, not the training: such a run, and only such a run (no rank raised a
 # Python exception), is launched once more. Repeating a finished run changes nothing: a fresh
 # run retrains to the same numbers, a resume re-reads its own final checkpoint (written
