@@ -860,8 +860,8 @@ def conv2d_mean(x: Tensor, geom: ConvGeometry) -> Tensor:
     ``1ᵀX_k[:, :patch_dim]`` is the weight gradient of a one-filter convolution against an
     all-ones output gradient. The ones are the same for every sample, so the batch is summed
     first, and the correlation with ones is a weighted sum of the summed image's entries (each
-    input entry is read by tap (t_h, t_w) a fixed number of times): two small matmuls with
-    cached count matrices. The bias entry is 1.
+    input entry is read by tap (t_h, t_w) a fixed number of times): a GEMV over the batch, then
+    one small matmul with a cached count matrix. The bias entry is 1.
 
     Parameters
     ----------

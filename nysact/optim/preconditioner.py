@@ -229,9 +229,11 @@ class GradientPreconditioner:
         self.capture.clear_pending()
 
     def _refresh(self, dampings: list[float]) -> None:
+        def stats_of(i: int) -> dict[Side, Statistic]:
+            return {k: s.value() for k, s in self.layers[i].sides.items()}
+
         def factor(i: int) -> LayerOperator:
-            stats: dict[Side, Statistic] = {k: s.value() for k, s in self.layers[i].sides.items()}
-            return self.solver.factor(stats, dampings[i])
+            return self.solver.factor(stats_of(i), dampings[i])
 
         def load(i: int, state: dict[str, Any]) -> LayerOperator:
             return self.solver.load(_to_device(state, self.layers[i].device))
@@ -240,8 +242,9 @@ class GradientPreconditioner:
             # a layer without statistics in this window (e.g. all skipped) keeps its operator
             due = [i for i, lc in enumerate(self.layers) if lc.updates > 0]
             if self.distributed is None:
-                stats = [{k: s.value() for k, s in self.layers[i].sides.items()} for i in due]
-                made = self.solver.factor_many(stats, [dampings[i] for i in due])
+                made = self.solver.factor_many(
+                    [stats_of(i) for i in due], [dampings[i] for i in due]
+                )
                 ops = dict(zip(due, made, strict=True))
             else:
                 ops = self.distributed.refresh(due, factor, load)

@@ -352,5 +352,4 @@ def shutdown_distributed() -> None:
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
-        gc.collect()
     _created_here = False
